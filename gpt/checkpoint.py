@@ -1,0 +1,101 @@
+"""Checkpoint files: one `torch.save`d dict, written atomically, read back with clear errors.
+
+Layout (every value a tensor, number, string, list or dict, so `torch.load(weights_only=True)` reads it):
+
+    {"format": "tritongpt-checkpoint", "version": 1,
+     "model": state_dict, "model_config": asdict(GPTConfig), "tokenizer": tokenizer.to_dict(),
+     ... anything else the writer adds (optimizer, step, RNG states, train config) ...}
+
+A file is written to a temporary name in the same folder, fsync'd, then renamed over the target, so a
+crash never leaves a half-written checkpoint under the real name and never destroys the previous one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "tritongpt-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, foreign or of an unknown version; the message names the file."""
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write `payload` (plus format and version) to `path` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint; CheckpointError names the file and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, pickled foreign objects, ...
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path} is not a readable tritongpt checkpoint ({type(e).__name__}: {first_line})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a tritongpt checkpoint (no '{FORMAT}' format marker)")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {ckpt.get('version')!r}; this code reads {VERSION}")
+    for key in ("model", "model_config"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path} has no {key!r} entry")
+    return ckpt
+
+
+def model_payload(model: torch.nn.Module, tokenizer: Any | None) -> dict[str, Any]:
+    """The part of a checkpoint that `model_from_checkpoint` needs."""
+    return {
+        "model": model.state_dict(),
+        "model_config": dataclasses.asdict(model.config),
+        "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
+    }
+
+
+def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", backend: str | None = None):
+    """(model in eval mode, tokenizer or None, the raw checkpoint dict) from a checkpoint file."""
+    from gpt.config import ConfigError, GPTConfig, from_dict
+    from gpt.model import GPT
+    from gpt.tokenizer import tokenizer_from_dict
+
+    ckpt = load_checkpoint(path, map_location=device)
+    try:
+        cfg = from_dict(GPTConfig, ckpt["model_config"], f" in the model config of {path}")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    if backend is not None:
+        cfg.backend = backend
+    model = GPT(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit its model config: {e}") from None
+    tok = tokenizer_from_dict(ckpt["tokenizer"]) if ckpt.get("tokenizer") else None
+    return model.to(device).eval(), tok, ckpt
