@@ -59,7 +59,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, random bytes, pickled foreign objects, ...
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"{path} is not a readable tritongpt checkpoint ({type(e).__name__}: {first_line})") from None
+        raise CheckpointError(
+            f"{path} is not a readable tritongpt checkpoint ({type(e).__name__}: {first_line})"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tritongpt checkpoint (no '{FORMAT}' format marker)")
     if ckpt.get("version") != VERSION:

@@ -1,7 +1,7 @@
 """`gpt info`: a preset's shape, parameter counts and sizes, and a forward pass to prove it runs.
 
-    gpt info --config gpt2-124m
-    gpt info --config demo --set model.n_layers=2 --forward
+gpt info --config gpt2-124m
+gpt info --config demo --set model.n_layers=2 --forward
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {k:<16}{v}")
     print(f"parameters    {model.num_params():,}")
     print(f"  without position embedding  {model.num_params(non_embedding=True):,}")
-    print(f"size          {model.size_mb(torch.float32):,.2f} MB (fp32)   {model.size_mb(torch.bfloat16):,.2f} MB (bf16)")
+    print(
+        f"size          {model.size_mb(torch.float32):,.2f} MB (fp32)   {model.size_mb(torch.bfloat16):,.2f} MB (bf16)"
+    )
     if args.forward:
         model = GPT(cfg).eval()
         T = min(cfg.context_length, 64)

@@ -203,7 +203,7 @@ class CharTokenizer:
 
 
 def get_tokenizer(name: str, corpus: str | None = None) -> GPT2Tokenizer | CharTokenizer:
-    """"gpt2" or "char" (the latter built from `corpus`)."""
+    """ "gpt2" or "char" (the latter built from `corpus`)."""
     if name == "gpt2":
         return GPT2Tokenizer()
     if name == "char":
