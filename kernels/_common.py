@@ -1,12 +1,41 @@
-"""Checks and launch helpers shared by the Triton ops. Errors name the op, the argument and the problem."""
+"""Checks and launch helpers shared by the Triton ops. Errors name the op, the argument and the problem.
+
+Besides the input checks this module holds what every op's host code needs the same way:
+
+- `as_rows`: a tensor seen as (n_rows, n_cols) rows with a unit last stride (the kernels take row strides);
+- `row_launch_config`: BLOCK and num_warps for a kernel that keeps one whole row in registers;
+- `alloc`: output allocation, honouring the `POISON_OUTPUTS` debug flag (NaN-filled outputs, so an element
+  a kernel forgot to write shows up as NaN — `gpt verify` switches it on);
+- `library_op` and `launcher`: registration with `torch.library`, so `torch.compile` sees through the ops.
+
+Registration. On a GPU each op is a `torch.library.triton_op` and its kernels are launched through
+`wrap_triton`: torch.compile traces the host function with FakeTensors and hands the kernel launches to
+Inductor, without a graph break. Under Triton's CPU interpreter that is impossible — `@triton.jit` then makes
+an `InterpretedFunction`, which `wrap_triton` cannot capture and which would dereference the FakeTensors — so
+the op is a plain `torch.library.custom_op` (opaque to Inductor, still no graph break) whose fake
+implementation is the same host function with the kernel launches skipped. One host function thus serves as
+the real and the fake implementation in both modes.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
+import triton
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# Debug hook: when True, host functions allocate outputs filled with NaN instead of uninitialised memory.
+POISON_OUTPUTS = False
+
+# Widest row a row-wise kernel (LayerNorm) accepts: the whole row lives in registers as one block.
+MAX_ROW_WIDTH = 65536
+
+LIBRARY = "tritongpt"
 
 
 def interpreter_enabled() -> bool:
@@ -48,3 +77,106 @@ def check_inputs(op: str, **tensors: torch.Tensor | None) -> torch.device:
             "in Triton's CPU interpreter."
         )
     raise ValueError(f"{op}: unsupported device {device}; Triton kernels need CUDA tensors")
+
+
+def as_vector(op: str, name: str, t: torch.Tensor | None, n_cols: int) -> torch.Tensor | None:
+    """A per-column parameter (weight, bias) checked to have shape (n_cols,) — ValueError naming it otherwise —
+    and returned with a unit stride (copied only when strided). None stays None."""
+    if t is None:
+        return None
+    if tuple(t.shape) != (n_cols,):
+        raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}; expected ({n_cols},) to match the last dim")
+    return t if t.stride(0) == 1 or n_cols <= 1 else t.contiguous()
+
+
+def as_rows(t: torch.Tensor) -> torch.Tensor:
+    """`t` as a 2-D (n_rows, n_cols) tensor over its last dimension, with a unit last stride.
+
+    Copies only when the last dimension is strided (e.g. a transposed view or an expanded gradient) or when
+    the leading dimensions cannot be merged into one row stride; otherwise a view. A 0-d tensor is one row
+    of one column.
+    """
+    n_cols = t.shape[-1] if t.dim() else 1
+    if n_cols > 1 and t.stride(-1) != 1:
+        t = t.contiguous()
+    return t.reshape(math.prod(t.shape[:-1]), n_cols)
+
+
+def row_launch_config(n_cols: int) -> tuple[int, int]:
+    """(BLOCK, num_warps) for a kernel holding one row of `n_cols` in registers: BLOCK = next power of two,
+    warps grow with the width so each thread keeps at most ~8-16 elements of the row."""
+    block = triton.next_power_of_2(max(n_cols, 1))
+    if block >= 32768:
+        num_warps = 32
+    elif block >= 8192:
+        num_warps = 16
+    elif block >= 2048:
+        num_warps = 8
+    else:
+        num_warps = 4
+    return block, num_warps
+
+
+def reduction_programs(n_rows: int, device: torch.device) -> int:
+    """How many programs share the rows of a weight-gradient reduction (each writes one fp32 partial row).
+
+    A few waves of programs per SM on a GPU; a fixed small count in the interpreter. The partition depends
+    only on the shape and the device, so gradients are bit-identical run to run on the same device."""
+    if device.type == "cuda":
+        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        target = 8
+    return max(1, min(n_rows, target))
+
+
+def alloc(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A fresh output buffer: uninitialised, or NaN-filled while `POISON_OUTPUTS` is set."""
+    if POISON_OUTPUTS:
+        return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
+    return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+
+def _is_fake(value: Any) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(value, FakeTensor)
+
+
+class _InterpretedLaunch:
+    """`kernel[grid](...)` for the interpreter: launches on real tensors, does nothing on FakeTensors (the
+    host function then acts as the op's fake implementation: it only needs to allocate the outputs)."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+
+    def __getitem__(self, grid: Any) -> Callable[..., None]:
+        def launch(*args: Any, **kwargs: Any) -> None:
+            if any(_is_fake(a) for a in (*args, *kwargs.values())):
+                return
+            self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+def launcher(kernel: Any) -> Any:
+    """What a host function indexes with a grid to launch `kernel`: `wrap_triton(kernel)` when compiling for
+    a GPU (traceable by torch.compile), the interpreted kernel, skipped on FakeTensors, under the interpreter."""
+    if interpreter_enabled():
+        return _InterpretedLaunch(kernel)
+    return torch.library.wrap_triton(kernel)
+
+
+def library_op(name: str) -> Callable[[Callable[..., Any]], Any]:
+    """Decorator registering a host function as `torch.ops.tritongpt.<name>` (see the module docstring).
+
+    The function's annotations give the schema; it must not mutate or return its inputs."""
+
+    def register(fn: Callable[..., Any]) -> Any:
+        qualname = f"{LIBRARY}::{name}"
+        if interpreter_enabled():
+            op = torch.library.custom_op(qualname, fn, mutates_args=())
+            op.register_fake(fn)
+            return op
+        return torch.library.triton_op(qualname, fn, mutates_args=())
+
+    return register

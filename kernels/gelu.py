@@ -1,13 +1,37 @@
 """GELU, tanh approximation (GPT-2's): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 
-Reference (pure PyTorch) lives here beside the Triton kernel; `kernels.reference` re-exports it.
+    from kernels import gelu, bias_gelu
+    y = gelu(x)              # any shape
+    y = bias_gelu(h, bias)   # gelu(h + bias), bias (C,) broadcast over the last dimension of h (..., C)
+
+Reference (pure PyTorch) lives here beside the Triton kernels; `kernels.reference` re-exports it.
+
+Read top-down: Triton kernels -> host functions (validate, flatten to rows, allocate, launch), registered as
+`torch.ops.tritongpt.*` so torch.compile sees through them -> autograd (`register_autograd` on the forward
+ops) -> the public functions.
+
+Dtypes: x fp16, bf16 or fp32; math in fp32; y and dx stored in x's dtype; dbias in bias's dtype, reduced in
+fp32. tanh appears only as 1 + tanh(u) = 2 sigmoid(2u), written with exp in an overflow-free form (Triton 3.6
+has no portable `tanh`), which also avoids cancellation where tanh(u) nears +-1.
+
+Limits: the last dimension must have a unit stride or it is copied; other strides are passed to the kernels.
+The bias gradient is per-program fp32 partial rows summed with torch afterwards: bit-identical run to run on
+one device, but the partition (and so the last bits) depends on the GPU's SM count. No double backward.
 """
 
 import math
 
 import torch
+import triton
+import triton.language as tl
+
+from kernels._common import alloc, as_rows, as_vector, check_inputs, launcher, library_op, reduction_programs
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+GELU_COEF = 0.044715
+
+# Columns per program: wide enough to stream, small enough that a row chunk of tiles stays in registers.
+BLOCK_COLS = 1024
 
 
 def gelu_ref(x: torch.Tensor) -> torch.Tensor:
@@ -18,3 +42,217 @@ def gelu_ref(x: torch.Tensor) -> torch.Tensor:
 def bias_gelu_ref(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """gelu(x + bias), bias broadcast over the last dimension (the MLP's first Linear without its bias)."""
     return gelu_ref(x + bias)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Triton kernels
+
+
+@triton.jit
+def _sigmoid_2u(u):
+    """(s, s (1 - s)) for s = sigmoid(2u) = (1 + tanh(u)) / 2, from e = exp(-2|u|) in (0, 1]:
+    s = 1 / (1 + e) for u >= 0, e / (1 + e) below; s (1 - s) = e / (1 + e)^2 = (1 - tanh(u)^2) / 4.
+    exp never overflows, and neither 1 + tanh nor 1 - tanh^2 is formed by cancellation. NaN stays NaN."""
+    e = tl.exp(-2.0 * tl.abs(u))
+    r = 1.0 / (1.0 + e)
+    s = tl.where(u >= 0.0, r, e * r)
+    return s, e * r * r
+
+
+@triton.jit
+def _bias_gelu_fwd_kernel(
+    X,  # (n_rows, n_cols) input, row stride stride_x, unit column stride
+    BIAS,  # (n_cols,) bias added before the GELU (HAS_BIAS)
+    Y,  # (n_rows, n_cols) out: gelu(x + bias) in Y's dtype, contiguous
+    stride_x,
+    n_rows,
+    n_cols,
+    rows_per_program,
+    HAS_BIAS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Program (i, j): rows [i * rows_per_program, ...) of columns [j * BLOCK, (j + 1) * BLOCK);
+    y = gelu(z) = z (1 + tanh(u)) / 2 = z sigmoid(2u), z = x + bias, u = sqrt(2/pi) (z + 0.044715 z^3)."""
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    row_start = tl.program_id(0) * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, n_rows)
+    X += row_start.to(tl.int64) * stride_x
+    Y += row_start.to(tl.int64) * n_cols
+    if HAS_BIAS:
+        b = tl.load(BIAS + cols, mask=mask, other=0.0).to(tl.float32)
+    for _ in range(row_start, row_end):
+        z = tl.load(X + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            z += b
+        s, _ = _sigmoid_2u(SQRT_2_OVER_PI * (z + GELU_COEF * z * z * z))
+        tl.store(Y + cols, (z * s).to(Y.dtype.element_ty), mask=mask)
+        X += stride_x
+        Y += n_cols
+
+
+# Backward. With z = x + bias, u = k (z + c z^3), k = sqrt(2/pi), c = 0.044715 and s = sigmoid(2u), the
+# forward is y = z (1 + tanh(u)) / 2 = z s, so with ds/du = 2 s (1 - s):
+#   dy/dz = s + 2 z s (1 - s) k (1 + 3 c z^2)
+#   dx = dy * dy/dz,   dbias = sum over rows of dx
+# dbias: each program sums its chunk of rows into one fp32 partial row, which the host adds with torch.
+@triton.jit
+def _bias_gelu_bwd_kernel(
+    DY,  # (n_rows, n_cols) upstream gradient, row stride stride_dy
+    X,  # (n_rows, n_cols) forward input, row stride stride_x
+    BIAS,  # (n_cols,) bias (HAS_BIAS)
+    DX,  # (n_rows, n_cols) out: input gradient in DX's dtype, contiguous
+    DB_PARTIAL,  # (n_row_programs, n_cols) out, fp32: this program's sum of dx (HAS_BIAS), contiguous
+    stride_dy,
+    stride_x,
+    n_rows,
+    n_cols,
+    rows_per_program,
+    HAS_BIAS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    row_start = tl.program_id(0) * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, n_rows)
+    DY += row_start.to(tl.int64) * stride_dy
+    X += row_start.to(tl.int64) * stride_x
+    DX += row_start.to(tl.int64) * n_cols
+    if HAS_BIAS:
+        b = tl.load(BIAS + cols, mask=mask, other=0.0).to(tl.float32)
+        db = tl.zeros((BLOCK,), dtype=tl.float32)
+    for _ in range(row_start, row_end):
+        z = tl.load(X + cols, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            z += b
+        z2 = z * z
+        s, s_1ms = _sigmoid_2u(SQRT_2_OVER_PI * z * (1.0 + GELU_COEF * z2))
+        # s (1 - s) underflows to 0 long before z^2 overflows; the guard keeps 0 * inf from making a NaN.
+        slope = 2.0 * z * s_1ms * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_COEF * z2)
+        dydz = s + tl.where(s_1ms > 0.0, slope, 0.0)
+        dx = dy * dydz
+        tl.store(DX + cols, dx.to(DX.dtype.element_ty), mask=mask)
+        if HAS_BIAS:
+            db += dx
+        DY += stride_dy
+        X += stride_x
+        DX += n_cols
+    if HAS_BIAS:
+        tl.store(DB_PARTIAL + tl.program_id(0).to(tl.int64) * n_cols + cols, db, mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Host functions: validate, flatten to rows, allocate, launch. Registered as torch.ops.tritongpt.*.
+
+
+def _grid_rows(n_rows: int, device: torch.device, reduce: bool) -> tuple[int, int]:
+    """(n_row_programs, rows_per_program). For the forward (nothing to reduce) one row per program; for the
+    backward the rows are split into the fixed partition of `reduction_programs`."""
+    n_programs = reduction_programs(n_rows, device) if reduce else n_rows
+    rows_per_program = triton.cdiv(n_rows, n_programs)
+    return triton.cdiv(n_rows, rows_per_program), rows_per_program
+
+
+def _bias_gelu_fwd(op: str, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    device = check_inputs(op, x=x, bias=bias)
+    n_cols = x.shape[-1] if x.dim() else 1
+    bias = as_vector(op, "bias", bias, n_cols)
+    x2 = as_rows(x)
+    n_rows = x2.shape[0]
+    y = alloc((n_rows, n_cols), x.dtype, device)
+    if n_rows > 0 and n_cols > 0:
+        n_row_programs, rows_per_program = _grid_rows(n_rows, device, reduce=False)
+        block = min(BLOCK_COLS, triton.next_power_of_2(n_cols))
+        launcher(_bias_gelu_fwd_kernel)[(n_row_programs, triton.cdiv(n_cols, block))](
+            x2, bias if bias is not None else x2, y, x2.stride(0), n_rows, n_cols, rows_per_program,
+            HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
+        )  # fmt: skip
+    return y.view(x.shape)
+
+
+def _bias_gelu_bwd(
+    op: str, dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    device = check_inputs(op, dy=dy, x=x, bias=bias)
+    n_cols = x.shape[-1] if x.dim() else 1
+    bias = as_vector(op, "bias", bias, n_cols)
+    x2, dy2 = as_rows(x), as_rows(dy)
+    n_rows = x2.shape[0]
+    dx = alloc((n_rows, n_cols), x.dtype, device)
+    if n_rows == 0 or n_cols == 0:
+        return dx.view(x.shape), (torch.zeros_like(bias) if bias is not None else None)
+    n_row_programs, rows_per_program = _grid_rows(n_rows, device, reduce=bias is not None)
+    db_partial = alloc((n_row_programs, n_cols), torch.float32, device) if bias is not None else None
+    block = min(BLOCK_COLS, triton.next_power_of_2(n_cols))
+    launcher(_bias_gelu_bwd_kernel)[(n_row_programs, triton.cdiv(n_cols, block))](
+        dy2, x2, bias if bias is not None else x2, dx, db_partial if db_partial is not None else dx,
+        dy2.stride(0), x2.stride(0), n_rows, n_cols, rows_per_program,
+        HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
+    )  # fmt: skip
+    db = db_partial.sum(dim=0).to(bias.dtype) if bias is not None else None
+    return dx.view(x.shape), db
+
+
+@library_op("gelu")
+def gelu_fwd(x: torch.Tensor) -> torch.Tensor:
+    """gelu(x) shaped like x."""
+    return _bias_gelu_fwd("gelu", x, None)
+
+
+@library_op("bias_gelu")
+def bias_gelu_fwd(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """gelu(x + bias) shaped like x, in x's dtype."""
+    return _bias_gelu_fwd("bias_gelu", x, bias)
+
+
+@library_op("gelu_bwd")
+def gelu_bwd(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """dx = dy * gelu'(x)."""
+    return _bias_gelu_bwd("gelu backward", dy, x, None)[0]
+
+
+@library_op("bias_gelu_bwd")
+def bias_gelu_bwd(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, dbias): dx = dy * gelu'(x + bias), dbias = dx summed over all rows."""
+    return _bias_gelu_bwd("bias_gelu backward", dy, x, bias)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Autograd: the forward ops' backward formulas, registered with torch.library.register_autograd.
+
+
+def _gelu_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _gelu_backward(ctx, dy):
+    (x,) = ctx.saved_tensors
+    return gelu_bwd(dy, x)
+
+
+def _bias_gelu_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _bias_gelu_backward(ctx, dy):
+    x, bias = ctx.saved_tensors
+    return bias_gelu_bwd(dy, x, bias)
+
+
+gelu_fwd.register_autograd(_gelu_backward, setup_context=_gelu_setup_context)
+bias_gelu_fwd.register_autograd(_bias_gelu_backward, setup_context=_bias_gelu_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public functions: the reference's signatures.
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU (tanh approximation) of x, elementwise, in one Triton kernel."""
+    return gelu_fwd(x)
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """gelu(x + bias), bias (C,) broadcast over the last dimension of x; the add is fused into the kernel."""
+    return bias_gelu_fwd(x, bias)

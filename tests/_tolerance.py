@@ -1,0 +1,51 @@
+"""The error-relative rule, for tests: kernel error against a higher-precision reference (fp64 for fp32
+inputs, fp32 for fp16/bf16) at most 2x the same-precision reference's error for outputs, 3x for gradients,
+plus a floor of a few units in the last place; finite wherever the reference is.
+
+The implementation is `gpt.verify`'s, so `gpt verify` and the tests judge by the same code:
+
+    from _tolerance import assert_matches_reference
+    assert_matches_reference(layer_norm, reference.layer_norm, {"x": x, "weight": w, "bias": b}, ("x", "weight"))
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gpt.verify import GRAD_FACTOR, HI_DTYPE, OUTPUT_FACTOR, Comparison, check_op, compare, forward_backward
+
+__all__ = [
+    "GRAD_FACTOR",
+    "HI_DTYPE",
+    "OUTPUT_FACTOR",
+    "Comparison",
+    "assert_matches_reference",
+    "assert_rule",
+    "check_op",
+    "compare",
+    "forward_backward",
+]
+
+
+def assert_rule(comparisons: Sequence[Comparison]) -> None:
+    """AssertionError listing every comparison that broke the rule."""
+    failed = [c for c in comparisons if not c.ok]
+    if failed:
+        lines = [
+            f"{c.name}: err {c.err:.3e} > bound {c.bound:.3e} (reference's own err {c.ref_err:.3e}) {c.note}"
+            for c in failed
+        ]
+        raise AssertionError("error-relative rule broken:\n  " + "\n  ".join(lines))
+
+
+def assert_matches_reference(
+    kernel_fn: Callable[..., Any],
+    ref_fn: Callable[..., Any],
+    inputs: dict[str, Any],
+    grad_names: Sequence[str],
+    seed: int = 0,
+) -> list[Comparison]:
+    """Run kernel and reference on copies of `inputs` with the same random upstream gradients; assert the
+    rule on every output and every gradient in `grad_names`. Returns the comparisons."""
+    comparisons = check_op(kernel_fn, ref_fn, inputs, grad_names, seed=seed)
+    assert_rule(comparisons)
+    return comparisons

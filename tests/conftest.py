@@ -1,0 +1,51 @@
+"""Shared test set-up: Triton's interpreter on machines without a GPU, a fixed seed for every test, the
+`device` fixture, an opt-in `poison_outputs` fixture, and skipping of `gpu`-marked tests where CUDA is absent.
+
+TRITON_INTERPRET must be set before any `kernels` module is imported (Triton chooses interpreter or compiler
+when a kernel is defined); conftest.py is imported before the test modules, so setting it here is in time.
+"""
+
+import os
+import random
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+SEED = 0
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Every test starts from the same random state."""
+    random.seed(SEED)
+    torch.manual_seed(SEED)
+
+
+@pytest.fixture
+def device() -> str:
+    """Where kernel tests run: "cuda" when a GPU is present, else "cpu" (through the interpreter)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def poison_outputs(monkeypatch):
+    """Kernel host functions allocate NaN-filled outputs for this test, so an unwritten element shows."""
+    import kernels._common
+
+    monkeypatch.setattr(kernels._common, "POISON_OUTPUTS", True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.gpu` tests are skipped, with the reason, where there is no CUDA GPU (or no bf16)."""
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    elif not torch.cuda.is_bf16_supported():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU with bf16 support")
+    else:
+        return
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
