@@ -1,0 +1,75 @@
+"""`gpt verify`: the table, the exit status, and that it catches a wrong kernel and an unwritten output."""
+
+import importlib
+
+import pytest
+import torch
+
+import kernels._common
+import kernels.reference as reference
+from gpt import cli, verify
+
+# The op modules themselves: `kernels.gelu` may name the function once kernels/__init__ exposes it.
+gelu_module = importlib.import_module("kernels.gelu")
+attention_module = importlib.import_module("kernels.attention")
+
+
+def test_quick_run_passes_and_prints_the_table(capsys):
+    assert cli.main(["verify", "--quick", "--ops", "gelu,layer_norm"]) == 0
+    out = capsys.readouterr().out
+    assert verify.HEADER in out
+    assert "gelu            3x7x257          fp16  dx" in out
+    assert "layer_norm      2x1000           fp32  dweight" in out
+    assert "FAIL" not in out and "0 failed: all passed" in out
+    assert kernels._common.POISON_OUTPUTS is False  # the debug flag is put back
+
+
+def test_a_wrong_kernel_fails(monkeypatch, capsys):
+    monkeypatch.setattr(gelu_module, "bias_gelu", lambda x, bias: reference.bias_gelu(x, bias) * 1.001)
+    assert verify.main(["--quick", "--ops", "bias_gelu"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL (bound" in out and "FAILED" in out
+
+
+def test_an_unwritten_output_fails(monkeypatch, capsys):
+    """With the launches skipped, the poisoned (NaN) outputs reach the comparison."""
+
+    class _NoLaunch:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setattr(gelu_module, "launcher", lambda kernel: _NoLaunch())
+    assert verify.main(["--quick", "--ops", "gelu"]) == 1
+    assert "non-finite values where the reference is finite" in capsys.readouterr().out
+
+
+def test_a_crashing_kernel_is_a_failed_row(monkeypatch, capsys):
+    def crash(x):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(gelu_module, "gelu", crash)
+    assert verify.main(["--quick", "--ops", "gelu"]) == 1
+    assert "FAIL (RuntimeError: boom)" in capsys.readouterr().out
+
+
+def test_missing_attention_is_reported_not_fatal(monkeypatch, capsys):
+    monkeypatch.delattr(attention_module, "attention", raising=False)
+    assert verify.main(["--quick", "--ops", "attention"]) == 0
+    assert "not available" in capsys.readouterr().out
+
+
+def test_unknown_op_is_a_usage_error():
+    with pytest.raises(SystemExit) as e:
+        verify.main(["--quick", "--ops", "softmax"])
+    assert e.value.code == 2
+
+
+def test_rule_uses_the_reference_error_as_budget():
+    hi = torch.linspace(-1, 1, 101, dtype=torch.float64)
+    ref = (hi + 1e-3).float()
+    assert verify.compare("out", (hi + 1.9e-3).float(), ref, hi, factor=2.0).ok
+    assert not verify.compare("out", (hi + 2.5e-3).float(), ref, hi, factor=2.0).ok
+    nan_out = (hi + 0).float()
+    nan_out[3] = float("nan")
+    c = verify.compare("out", nan_out, ref, hi, factor=2.0)
+    assert not c.ok and "non-finite" in c.note
