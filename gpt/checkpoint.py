@@ -8,16 +8,22 @@ Layout (every value a tensor, number, string, list or dict, so `torch.load(weigh
 
 A file is written to a temporary name in the same folder, fsync'd, then renamed over the target, so a
 crash never leaves a half-written checkpoint under the real name and never destroys the previous one.
+
+A training run keeps numbered checkpoints `ckpt-00001000.pt` in its folder (the last K of them);
+`load_newest_good` finds the newest one that validates, skipping truncated or foreign files.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 FORMAT = "tritongpt-checkpoint"
@@ -101,3 +107,84 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", 
         raise CheckpointError(f"{path}: weights do not fit its model config: {e}") from None
     tok = tokenizer_from_dict(ckpt["tokenizer"]) if ckpt.get("tokenizer") else None
     return model.to(device).eval(), tok, ckpt
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training runs: numbered checkpoints in a run folder, keep-last-K, newest-good discovery, RNG states
+
+CKPT_PATTERN = re.compile(r"^ckpt-(\d{8})\.pt$")
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / f"ckpt-{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every numbered checkpoint in `run_dir`, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := CKPT_PATTERN.match(p.name))]
+    return sorted(found)
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` numbered checkpoints (keep <= 0 keeps all); returns the deleted."""
+    if keep <= 0:
+        return []
+    old = [p for _, p in list_checkpoints(run_dir)[:-keep]]
+    for p in old:
+        p.unlink(missing_ok=True)
+    return old
+
+
+def load_newest_good(
+    run_dir: str | Path, map_location: str | torch.device = "cpu", warn=None
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in `run_dir` that loads and validates, or None if there is none.
+
+    A truncated or foreign newer file is skipped (reported through `warn(message)`), never deleted.
+    """
+    for _, path in reversed(list_checkpoints(run_dir)):
+        try:
+            ckpt = load_checkpoint(path, map_location=map_location)
+            for key in ("optimizer", "step", "rng"):
+                if key not in ckpt:
+                    raise CheckpointError(f"{path} has no {key!r} entry (not a training checkpoint)")
+        except CheckpointError as e:
+            if warn is not None:
+                warn(f"skipping unusable checkpoint: {e}")
+            continue
+        return path, ckpt
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random-number generator a training step can touch, in a weights_only-loadable form."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "kind": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_version, "internal": list(py_internal), "gauss_next": py_gauss},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured (CUDA states only where this machine has the same GPUs)."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))

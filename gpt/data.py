@@ -297,7 +297,7 @@ def iter_text(path: Path, errors: str = "strict", block: int = READ_BLOCK) -> It
                 text = dec.decode(raw, final=not raw)
             except UnicodeDecodeError as e:
                 raise DataError(
-                    f"{path} is not UTF-8 text (bad byte {e.object[e.start:e.start + 1]!r} at byte offset "
+                    f"{path} is not UTF-8 text (bad byte {e.object[e.start : e.start + 1]!r} at byte offset "
                     f"{offset + e.start}); convert it, or pass --errors replace to substitute U+FFFD"
                 ) from None
             if text:

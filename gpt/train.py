@@ -1,0 +1,795 @@
+"""`gpt train`: train a GPT from a preset, with exact resume, metrics, samples and DDP.
+
+    gpt prepare --config demo && gpt train --config demo         # the CPU demo
+    gpt train --config demo --set train.max_steps=200 model.n_layers=2
+    gpt train --config demo --resume                             # continue from the newest good checkpoint
+    torchrun --nproc_per_node 8 -m gpt.train --config train-gpt2-124m
+
+A preset's `[model]` table builds `GPTConfig`, `[train]` builds `TrainConfig` and `[data]` says where the
+prepared token files are (`gpt prepare` writes them). The model's `vocab_size` is a ceiling: the prepared
+tokenizer's vocabulary is used when it is smaller, and a larger one is an error.
+
+One optimizer step reads `batch_size * grad_accum * world_size` windows of `context_length` tokens; the
+learning rate rises linearly over `warmup_steps`, then follows a cosine down to `min_lr` at
+`lr_decay_steps` (default: the last step) and stays there. AdamW decays only the matrices (parameters with
+two or more dimensions: linear weights and embeddings), never biases or LayerNorm parameters.
+
+A run folder (`out_dir`) holds `metrics.jsonl` (one JSON record per logged step, eval and skipped step),
+`loss.png` and `ckpt-<step>.pt` checkpoints (the last `keep_checkpoints`). A checkpoint has everything a
+step depends on (weights, AdamW state, step, sampler position, every RNG), so on CPU a resumed run is
+bit-identical to one that never stopped. Ctrl-C (or SIGTERM) finishes the current step, saves and exits.
+A step whose loss or gradient norm is not finite is skipped (the weights are not touched); after
+`max_bad_steps` of them in a row the run stops with an error.
+
+Limits: MFU is reported against the dense bf16 peak of the GPUs in `PEAK_BF16_FLOPS`; on CPU and on
+unknown GPUs it is left out. A resumed DDP run restores each rank's RNG only when the world size is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from gpt.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    load_newest_good,
+    model_payload,
+    prune_checkpoints,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from gpt.config import KNOWN_TABLES, ConfigError, GPTConfig, check_fields, load_toml, merge, parse_overrides, section
+from gpt.data import DataError, WindowSampler, open_tokens
+from gpt.model import GPT
+from gpt.prepare import DataConfig, load_meta
+from gpt.tokenizer import TokenizerError, tokenizer_from_dict
+
+Precision = Literal["auto", "fp32", "bf16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/default"  # run folder: checkpoints, metrics.jsonl, loss.png
+    device: Device = "auto"  # "auto": CUDA when there is a GPU
+    seed: int = 1337
+    # batch: one optimizer step = batch_size * grad_accum * world_size windows of context_length tokens
+    batch_size: int = 32  # windows per micro-batch, per process
+    grad_accum: int = 1  # micro-batches summed into one optimizer step
+    max_steps: int = 1000
+    max_tokens: int = 0  # when > 0, sets max_steps = ceil(max_tokens / tokens per step)
+    max_time_s: float = 0.0  # when > 0, stop (evaluate, save) once training has run this long
+    # optimizer and schedule
+    lr: float = 6e-4  # peak learning rate, reached at the end of warmup
+    min_lr: float = 6e-5  # floor of the cosine decay
+    warmup_steps: int = 100
+    lr_decay_steps: int = 0  # step where the cosine reaches min_lr; 0: max_steps
+    weight_decay: float = 0.1  # on matrices only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
+    max_bad_steps: int = 5  # stop after this many non-finite steps in a row
+    # speed
+    precision: Precision = "auto"  # "auto": bf16 autocast on CUDA (when supported), fp32 elsewhere
+    compile: bool = False  # torch.compile the model
+    num_threads: int = 0  # CPU threads for torch; 0: torch's default
+    # evaluation, samples, logging, checkpoints
+    eval_interval: int = 250  # steps between evaluations (and at the end)
+    eval_batches: int = 20  # fixed validation batches per evaluation
+    sample_tokens: int = 200  # tokens sampled at each evaluation; 0: none
+    final_sample_tokens: int = 500  # tokens sampled and printed at the end; 0: none
+    sample_prompt: str = "\n"
+    temperature: float = 0.8
+    top_k: int = 0  # 0: sample from the whole distribution
+    log_interval: int = 10  # steps between metrics records (and progress lines when not on a terminal)
+    checkpoint_interval: int = 0  # steps between checkpoints; 0: only at the end (and on Ctrl-C)
+    keep_checkpoints: int = 3  # newest checkpoints kept; 0: all
+    plot: bool = True  # write loss.png at the end and with each checkpoint
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name in ("batch_size", "grad_accum", "eval_batches", "log_interval", "max_bad_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in (
+            "max_steps",
+            "max_tokens",
+            "warmup_steps",
+            "lr_decay_steps",
+            "eval_interval",
+            "checkpoint_interval",
+            "keep_checkpoints",
+            "num_threads",
+            "sample_tokens",
+            "final_sample_tokens",
+            "top_k",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"train.min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        if self.grad_clip < 0 or self.weight_decay < 0 or self.max_time_s < 0:
+            raise ConfigError("train.grad_clip, train.weight_decay and train.max_time_s must be >= 0")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pieces with a formula: schedule, parameter groups, FLOPs
+
+
+def lr_at(step: int, cfg: TrainConfig, max_steps: int | None = None) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup, cosine to min_lr, then flat.
+
+    warmup:  lr * (step + 1) / warmup_steps                      for step < warmup_steps
+    cosine:  min_lr + (lr - min_lr) * (1 + cos(pi * p)) / 2      p = (step - warmup) / (decay - warmup)
+    floor:   min_lr                                               for step >= decay
+    """
+    decay = cfg.lr_decay_steps or (max_steps if max_steps is not None else cfg.max_steps)
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if step >= decay:
+        return cfg.min_lr
+    p = (step - cfg.warmup_steps) / max(decay - cfg.warmup_steps, 1)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: matrices (>= 2-D: linear weights, embeddings) decayed; biases and norms not."""
+    decay, no_decay = [], []
+    for p in model.parameters():  # a tied weight appears once
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def flops_per_token(model: GPT) -> float:
+    """Training FLOPs per token (PaLM appendix B, as in nanoGPT): 6 N + 12 L C T, N without wpe."""
+    c = model.config
+    return 6 * model.num_params(non_embedding=True) + 12 * c.n_layers * c.emb_dim * c.context_length
+
+
+# Dense bf16 tensor-core peak in FLOP/s, from the vendors' datasheets; the first pattern that matches the
+# device name wins (so put the specific before the general).
+PEAK_BF16_FLOPS: list[tuple[str, float]] = [
+    (r"H100.*PCIe", 756e12),
+    (r"H100.*NVL", 835e12),
+    (r"H100|H200|H800", 989e12),
+    (r"B200", 2250e12),
+    (r"A100|A800", 312e12),
+    (r"L40S", 362e12),
+    (r"L40\b", 181e12),
+    (r"\bL4\b", 121e12),
+    (r"\bA10\b", 125e12),
+    (r"RTX 4090", 165e12),
+    (r"RTX 3090", 71e12),
+]
+
+
+def peak_flops_for_name(name: str) -> float | None:
+    """Peak dense bf16 FLOP/s of a GPU by its CUDA device name, or None when it is not in the table."""
+    return next((peak for pattern, peak in PEAK_BF16_FLOPS if re.search(pattern, name)), None)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Peak bf16 FLOP/s of the GPU `device`, or None (CPU, unknown GPU)."""
+    return peak_flops_for_name(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Processes
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_pref: str) -> tuple[Dist, torch.device]:
+    """Join the process group when launched by torchrun (RANK/WORLD_SIZE set): NCCL on GPUs, gloo on CPU."""
+    use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
+    if device_pref == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device = 'cuda' but torch sees no CUDA GPU")
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist(), torch.device("cuda" if use_cuda else "cpu")
+    d = Dist(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), int(os.environ["WORLD_SIZE"]))
+    if use_cuda:
+        torch.cuda.set_device(d.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return d, torch.device(f"cuda:{d.local_rank}" if use_cuda else "cpu")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sampling (a plain loop: the full context is re-run for every token; fine for a few hundred tokens)
+
+
+@torch.no_grad()
+def sample_text(
+    model: GPT,
+    tok,
+    prompt: str,
+    n_tokens: int,
+    temperature: float,
+    top_k: int,
+    generator: torch.Generator,
+    autocast=contextlib.nullcontext,
+) -> str:
+    device = next(model.parameters()).device
+    try:
+        ids = tok.encode(prompt) if prompt else []
+    except TokenizerError:
+        ids = []
+    if not ids:
+        ids = [tok.eot_id if tok.eot_id is not None else 0]
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+    T = model.config.context_length
+    for _ in range(n_tokens):
+        with autocast():
+            logits = model(idx[:, -T:])[0][:, -1, :].float()  # (1, vocab)
+        if temperature <= 0:
+            nxt = logits.argmax(dim=-1, keepdim=True)
+        else:
+            logits = logits / temperature
+            if top_k:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
+        idx = torch.cat([idx, nxt], dim=1)
+    model.train(was_training)
+    return tok.decode(idx[0, len(ids) :].tolist())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Progress line
+
+
+class ProgressLine:
+    """Redrawn in place on a terminal; elsewhere printed every `log_interval` steps."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tty = sys.stdout.isatty()
+        self.open = False
+
+    def update(self, text: str, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            print("\r" + text + "\x1b[K", end="", flush=True)
+            self.open = True
+        elif force:
+            print(text, flush=True)
+
+    def print(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.open:
+            print(flush=True)
+            self.open = False
+        print(text, flush=True)
+
+
+def _fmt_time(s: float) -> str:
+    s = int(max(s, 0))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _fmt_rate(r: float) -> str:
+    return f"{r / 1e6:.2f}M" if r >= 1e6 else f"{r / 1e3:.1f}K" if r >= 1e3 else f"{r:.0f}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The trainer
+
+
+class TrainingStopped(RuntimeError):
+    """Too many non-finite steps in a row."""
+
+
+class Trainer:
+    """Builds model, optimizer and data from the three configs; `fit()` runs the loop."""
+
+    def __init__(
+        self, model_cfg: GPTConfig, cfg: TrainConfig, data_cfg: DataConfig, resume: bool = False, verbose: bool = True
+    ) -> None:
+        self.cfg, self.data_cfg = cfg, data_cfg
+        self.dist, self.device = setup_distributed(cfg.device)
+        self.verbose = verbose and self.dist.master
+        self.progress = ProgressLine(self.verbose)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        self.precision = cfg.precision
+        if self.precision == "auto":
+            bf16_ok = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+            self.precision = "bf16" if bf16_ok else "fp32"
+        self.run_dir = Path(cfg.out_dir)
+
+        # data
+        self.meta = load_meta(data_cfg.dir)
+        self.tok = tokenizer_from_dict(self.meta["tokenizer"])
+        data_vocab = int(self.meta["vocab_size"])
+        if data_vocab > model_cfg.vocab_size:
+            raise ConfigError(
+                f"the prepared data in {data_cfg.dir} has a {data_vocab}-token vocabulary, more than "
+                f"model.vocab_size = {model_cfg.vocab_size}; raise model.vocab_size"
+            )
+        if data_vocab < model_cfg.vocab_size:
+            model_cfg = dataclasses.replace(model_cfg, vocab_size=data_vocab)
+        self.model_cfg = model_cfg
+        T = model_cfg.context_length
+        d = Path(data_cfg.dir)
+        self.sampler = WindowSampler(
+            open_tokens(d / "train.bin"),
+            T,
+            cfg.batch_size,
+            cfg.seed,
+            cfg.grad_accum,
+            self.dist.world_size,
+            name=str(d / "train.bin"),
+        )
+        val = WindowSampler(open_tokens(d / "val.bin"), T, cfg.batch_size, cfg.seed, name=str(d / "val.bin"))
+        self.val_batches = val.fixed_batches(cfg.eval_batches)[self.dist.rank :: self.dist.world_size]
+        self.tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size * T
+        self.max_steps = math.ceil(cfg.max_tokens / self.tokens_per_step) if cfg.max_tokens else cfg.max_steps
+
+        # model and optimizer: the same seed on every rank gives the same initial weights
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.model = GPT(model_cfg).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, cfg.weight_decay),
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=cfg.eps,
+            fused=self.device.type == "cuda",
+        )
+        if self.dist.rank:  # dropout masks differ between ranks
+            torch.manual_seed(cfg.seed + self.dist.rank)
+        self.step = 0
+        self.bad_steps = 0
+        self.best_val = float("inf")
+        self.last_val: float | None = None
+        self.resumed_from: Path | None = None
+        if resume:
+            self._resume()
+
+        self.fwd = torch.compile(self.model) if cfg.compile else self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.fwd = DDP(self.fwd, device_ids=ids)
+        self.flops_per_token = flops_per_token(self.model)
+        self.peak = peak_flops(self.device)
+        self._stop_requested = False
+        self._time_up = False  # set when max_time_s has passed; agreed on by all ranks in train_step
+
+    # ------------------------------------------------------------------ state
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint payload (rank 0 writes it; every rank must call this under DDP)."""
+        rng = rng_state()
+        ranks = [rng]
+        if self.dist.enabled:
+            ranks = [None] * self.dist.world_size
+            dist.all_gather_object(ranks, rng)
+        return {
+            **model_payload(self.model, self.tok),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "schedule": {"step": self.step, "lr": lr_at(self.step, self.cfg, self.max_steps)},
+            "sampler": {
+                "seed": self.cfg.seed,
+                "step": self.step,
+                "batch_size": self.cfg.batch_size,
+                "grad_accum": self.cfg.grad_accum,
+                "world_size": self.dist.world_size,
+            },
+            "rng": rng,
+            "rng_ranks": ranks,
+            "bad_steps": self.bad_steps,
+            "best_val_loss": self.best_val,
+            "train_config": dataclasses.asdict(self.cfg),
+            "data_config": dataclasses.asdict(self.data_cfg),
+            "data_meta": self.meta,
+        }
+
+    def _resume(self) -> None:
+        found = load_newest_good(self.run_dir, map_location=self.device, warn=self.log)
+        if found is None:
+            raise CheckpointError(f"--resume: no usable checkpoint in {self.run_dir}")
+        path, ckpt = found
+        saved = ckpt["model_config"]
+        mine = dataclasses.asdict(self.model_cfg)
+        diff = sorted(k for k in mine if k != "backend" and saved.get(k) != mine[k])
+        if diff:
+            changes = ", ".join(f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in diff)
+            raise CheckpointError(f"--resume: {path} was trained with a different model config ({changes})")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step = int(ckpt["step"])
+        self.bad_steps = int(ckpt.get("bad_steps", 0))
+        self.best_val = float(ckpt.get("best_val_loss", float("inf")))
+        s = ckpt.get("sampler", {})
+        if (s.get("batch_size"), s.get("grad_accum"), s.get("world_size")) != (
+            self.cfg.batch_size,
+            self.cfg.grad_accum,
+            self.dist.world_size,
+        ):
+            self.log(f"note: the batch layout changed since {path.name}; the data order will differ")
+        ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        if len(ranks) == self.dist.world_size:
+            set_rng_state(ranks[self.dist.rank])
+        else:
+            torch.manual_seed(self.cfg.seed + self.dist.rank + self.step)
+        changed = sorted(k for k, v in dataclasses.asdict(self.cfg).items() if ckpt["train_config"].get(k) != v)
+        if changed:
+            self.log(f"note: train config differs from {path.name} in: {', '.join(changed)}")
+        self.resumed_from = path
+        self.log(f"resumed from {path} at step {self.step}")
+        if self.dist.master:
+            self._truncate_metrics(self.step)
+
+    # ------------------------------------------------------------------ logging
+    def log(self, text: str) -> None:
+        if self.verbose:
+            self.progress.print(text)
+
+    def record(self, rec: dict[str, Any]) -> None:
+        if not self.dist.master:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop records of steps after `step` (a resumed run redoes them)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                continue
+        path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+
+    # ------------------------------------------------------------------ one step
+    def accumulate_gradients(self, step: int) -> torch.Tensor:
+        """Forward and backward over the step's grad_accum micro-batches; returns this rank's mean loss.
+
+        Each micro-batch's loss is divided by grad_accum, so the summed gradient is the gradient of the mean
+        loss over the whole step's windows. Under DDP the gradient all-reduce runs only after the last one.
+        """
+        cfg = self.cfg
+        starts = self.sampler.starts(step)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
+        for micro in range(cfg.grad_accum):
+            x, y = self.sampler.batch(step, micro, self.dist.rank, starts)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            last = micro == cfg.grad_accum - 1
+            sync = self.fwd.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
+            with sync:
+                with self.autocast():
+                    _, loss = self.fwd(x, y)
+                (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach().float()
+        return loss_sum / cfg.grad_accum
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step; skipped (weights and AdamW state untouched) when loss or gradient is not finite."""
+        cfg, step = self.cfg, self.step
+        t0 = time.perf_counter()
+        lr = lr_at(step, cfg, self.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = self.accumulate_gradients(step)
+        # one all-reduce for the logged loss and the stop request, so every rank decides the same way
+        requests = torch.tensor([float(self._stop_requested), float(self._time_up)], device=self.device)
+        flags = torch.cat([loss.reshape(1), requests])
+        if self.dist.enabled:
+            dist.all_reduce(flags)
+            flags[0] /= self.dist.world_size
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        loss_val, norm_val = flags[0].item(), grad_norm.item()
+        self._stop_requested = flags[1].item() > 0
+        self._time_up = flags[2].item() > 0
+        ok = math.isfinite(loss_val) and math.isfinite(norm_val)
+        if ok:
+            self.optimizer.step()
+            self.bad_steps = 0
+        else:
+            self.bad_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        dt = time.perf_counter() - t0
+        tps = self.tokens_per_step / dt
+        mfu = tps * self.flops_per_token / (self.peak * self.dist.world_size) if self.peak else None
+        return {
+            "step": self.step,
+            "loss": loss_val,
+            "lr": lr,
+            "grad_norm": norm_val,
+            "skipped": not ok,
+            "dt": dt,
+            "tokens_per_s": tps,
+            "mfu": mfu,
+        }
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean cross-entropy over the fixed validation batches (shared out over ranks)."""
+        model = self.fwd.module if self.dist.enabled else self.fwd
+        model.eval()
+        total = torch.zeros(2, device=self.device, dtype=torch.float64)
+        for x, y in self.val_batches:
+            with self.autocast():
+                _, loss = model(x.to(self.device), y.to(self.device))
+            total[0] += loss.double()
+            total[1] += 1
+        model.train()
+        if self.dist.enabled:
+            dist.all_reduce(total)
+        return (total[0] / total[1].clamp(min=1)).item()
+
+    def sample(self, n_tokens: int) -> str:
+        gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + self.step)
+        return sample_text(
+            self.model,
+            self.tok,
+            self.cfg.sample_prompt,
+            n_tokens,
+            self.cfg.temperature,
+            self.cfg.top_k,
+            gen,
+            self.autocast,
+        )
+
+    def eval_and_log(self) -> float:
+        t0 = time.perf_counter()
+        val = self.evaluate()
+        self.last_val = val
+        self.best_val = min(self.best_val, val)
+        rec = {"kind": "eval", "step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50.0))}
+        text = ""
+        if self.dist.master and self.cfg.sample_tokens:
+            text = self.sample(self.cfg.sample_tokens)
+            rec["sample"] = text
+        rec["eval_s"] = time.perf_counter() - t0
+        self.record(rec)
+        self.log(f"step {self.step}: val loss {val:.4f} (ppl {rec['val_ppl']:.2f})")
+        if text:
+            self.log("  | " + text.replace("\n", "\n  | "))
+        return val
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> Path | None:
+        state = self.state()  # collective under DDP
+        path = None
+        if self.dist.master:
+            path = save_checkpoint(checkpoint_path(self.run_dir, self.step), state)
+            prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
+            self.plot()
+        if self.dist.enabled:
+            dist.barrier()
+        return path
+
+    def plot(self) -> None:
+        if self.cfg.plot and self.dist.master:
+            from gpt.plot import write_loss_png
+
+            write_loss_png(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png", title=str(self.run_dir))
+
+    # ------------------------------------------------------------------ the loop
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_requested:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        self.log(
+            f"{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping "
+            "(again to quit at once)"
+        )
+
+    def fit(self) -> int:
+        """Train to max_steps (or the time budget); 0 on success, 1 after too many bad steps, 130 on Ctrl-C."""
+        cfg = self.cfg
+        if self.dist.master:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        n = self.model.num_params()
+        self.log(
+            f"model {n / 1e6:.2f}M parameters ({self.model_cfg.n_layers} layers, {self.model_cfg.emb_dim} wide, "
+            f"context {self.model_cfg.context_length}, vocab {self.model_cfg.vocab_size}) on {self.device} "
+            f"({self.precision}, {self.dist.world_size} process{'es' if self.dist.enabled else ''}); "
+            f"{self.tokens_per_step:,} tokens/step, steps {self.step} -> {self.max_steps}"
+        )
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        t_start = time.perf_counter()
+        step0, tokens_seen, window_t, window_tokens = self.step, 0, time.perf_counter(), 0
+        code = 0
+        try:
+            while self.step < self.max_steps:
+                s = self.train_step()
+                tokens_seen += self.tokens_per_step
+                window_tokens += self.tokens_per_step
+                if s["skipped"]:
+                    self.record(
+                        {
+                            "kind": "skip",
+                            "step": s["step"],
+                            "loss": s["loss"],
+                            "grad_norm": s["grad_norm"],
+                            "in_a_row": self.bad_steps,
+                        }
+                    )
+                    self.log(
+                        f"step {s['step']}: non-finite loss {s['loss']} / grad norm {s['grad_norm']}: "
+                        f"update skipped ({self.bad_steps} in a row)"
+                    )
+                    if self.bad_steps >= cfg.max_bad_steps:
+                        raise TrainingStopped(
+                            f"stopping: {self.bad_steps} steps in a row had a non-finite loss or gradient "
+                            f"(max_bad_steps = {cfg.max_bad_steps}); lower train.lr or check the data"
+                        )
+                elapsed = time.perf_counter() - t_start
+                out_of_time = self._time_up
+                self._time_up = bool(cfg.max_time_s) and elapsed >= cfg.max_time_s  # acted on after next step
+                if self.step % cfg.log_interval == 0 or self.step == self.max_steps:
+                    now = time.perf_counter()
+                    tps = window_tokens / max(now - window_t, 1e-9)
+                    window_t, window_tokens = now, 0
+                    mfu = tps * self.flops_per_token / (self.peak * self.dist.world_size) if self.peak else None
+                    self.record(
+                        {
+                            "kind": "train",
+                            "step": self.step,
+                            "loss": s["loss"],
+                            "lr": s["lr"],
+                            "grad_norm": s["grad_norm"],
+                            "tokens_per_s": tps,
+                            "mfu": mfu,
+                            "tokens": self.step * self.tokens_per_step,
+                            "time_s": elapsed,
+                        }
+                    )
+                    s["tokens_per_s"], s["mfu"] = tps, mfu
+                self._show(s, elapsed, step0)
+                if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.step < self.max_steps:
+                    self.eval_and_log()
+                if self._stop_requested:
+                    path = self.save()
+                    self.log(f"interrupted at step {self.step}; saved {path} (resume with --resume)")
+                    return 130
+                if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0 and self.step < self.max_steps:
+                    self.save()
+                if out_of_time:
+                    self.log(f"time budget of {cfg.max_time_s:.0f} s reached at step {self.step}")
+                    break
+            if self.step > step0 or self.last_val is None:
+                self.eval_and_log()
+            self.save()
+            total = time.perf_counter() - t_start
+            self.log(
+                f"done: step {self.step}, val loss {self.last_val:.4f}, {_fmt_time(total)} "
+                f"({tokens_seen / max(total, 1e-9):,.0f} tokens/s overall); run folder {self.run_dir}"
+            )
+            if self.dist.master and cfg.final_sample_tokens:
+                self.log("--- sample ---\n" + self.sample(cfg.final_sample_tokens) + "\n--------------")
+        except TrainingStopped as e:
+            self.log(str(e))
+            self.plot()
+            code = 1
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+        return code
+
+    def _show(self, s: dict[str, Any], elapsed: float, step0: int) -> None:
+        done = self.step - step0
+        left = (self.max_steps - self.step) * elapsed / max(done, 1)
+        width = 20
+        filled = int(width * self.step / max(self.max_steps, 1))
+        parts = [
+            f"step {self.step}/{self.max_steps} [{'#' * filled}{'.' * (width - filled)}]",
+            f"loss {s['loss']:.4f}",
+            f"lr {s['lr']:.2e}",
+            f"{_fmt_rate(s['tokens_per_s'])} tok/s",
+        ]
+        if s["mfu"] is not None:
+            parts.append(f"MFU {100 * s['mfu']:.1f}%")
+        parts.append(f"{_fmt_time(elapsed)} elapsed, {_fmt_time(left)} left")
+        self.progress.update(" | ".join(parts), force=self.step % self.cfg.log_interval == 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def load_configs(name: str, overrides: list[str], out: str | None = None) -> tuple[GPTConfig, TrainConfig, DataConfig]:
+    raw = merge(load_toml(name), parse_overrides(overrides))
+    model_cfg = section(raw, "model", GPTConfig, KNOWN_TABLES)
+    train_cfg = section(raw, "train", TrainConfig, KNOWN_TABLES)
+    data_cfg = section(raw, "data", DataConfig, KNOWN_TABLES)
+    if out:
+        train_cfg = dataclasses.replace(train_cfg, out_dir=out)
+    return model_cfg, train_cfg, data_cfg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpt train", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config", required=True, help="preset name (configs/NAME.toml) or path")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="override config keys, e.g. train.max_steps=100 model.n_layers=2",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in out_dir")
+    p.add_argument("--out", help="run folder (overrides train.out_dir)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        model_cfg, train_cfg, data_cfg = load_configs(args.config, args.set, args.out)
+        trainer = Trainer(model_cfg, train_cfg, data_cfg, resume=args.resume)
+        code = trainer.fit()
+    except (ConfigError, DataError, CheckpointError, TokenizerError) as e:
+        print(f"gpt train: error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("\ngpt train: interrupted (no checkpoint written for the unfinished step)", file=sys.stderr)
+        code = 130
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
