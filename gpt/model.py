@@ -7,6 +7,7 @@ No torch.nn.LayerNorm, GELU, MultiheadAttention or Transformer: the layer math i
     from gpt.model import GPT
     model = GPT(load_model_config("gpt2-124m"))
     logits, loss = model(idx, targets)      # idx, targets: (B, T) token ids
+    out = model.generate(idx, max_new_tokens=50, temperature=0.8, top_k=200)   # gpt/generate.py
 """
 
 from __future__ import annotations
@@ -39,6 +40,23 @@ class LayerNorm(nn.Module):
         return self.ops.add_layer_norm(x, residual, self.weight, self.bias, self.eps)
 
 
+class KVCache:
+    """Keys and values of past positions for every layer, preallocated to the context length.
+
+    `k[i]`, `v[i]`: layer i's buffers, (B, nh, context_length, hs). `model(idx, kv_cache=cache, start_pos=p)`
+    writes the keys and values of idx's positions p..p+T-1 and attends over positions 0..p+T-1. Positions are
+    absolute (learned embeddings), so entries stay valid only while the sequence keeps its start.
+    """
+
+    def __init__(self, cfg: GPTConfig, batch_size: int, device=None, dtype: torch.dtype = torch.float32) -> None:
+        shape = (cfg.n_layers, batch_size, cfg.n_heads, cfg.context_length, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    def __getitem__(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k[layer], self.v[layer]
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention with a causal mask: one fused q/k/v projection, then an output projection."""
 
@@ -62,8 +80,14 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, nh * hs)  # re-assemble heads: (B, T, C)
         return self.c_proj(y)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache=None, start_pos: int = 0) -> torch.Tensor:
         q, k, v = self.qkv(x)
+        if kv_cache is not None:  # this layer's (k, v) buffers: store positions start_pos.., attend over 0..end
+            k_buf, v_buf = kv_cache
+            end = start_pos + x.shape[1]
+            k_buf[:, :, start_pos:end] = k
+            v_buf[:, :, start_pos:end] = v
+            k, v = k_buf[:, :, :end], v_buf[:, :, :end]  # (B, nh, end, hs); causal mask is bottom-right aligned
         y = self.ops.attention(q, k, v, causal=True, dropout_p=self.dropout if self.training else 0.0)
         return self.project(y)
 
@@ -99,11 +123,11 @@ class Block(nn.Module):
         self.mlp = MLP(cfg, ops)
         self.resid_drop = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache=None, start_pos: int = 0) -> torch.Tensor:
         if self.pre_norm:
-            h, x = self.ln_2.add_forward(self.resid_drop(self.attn(self.ln_1(x))), x)
+            h, x = self.ln_2.add_forward(self.resid_drop(self.attn(self.ln_1(x), kv_cache, start_pos)), x)
             return x + self.resid_drop(self.mlp(h))
-        x, _ = self.ln_1.add_forward(self.resid_drop(self.attn(x)), x)
+        x, _ = self.ln_1.add_forward(self.resid_drop(self.attn(x, kv_cache, start_pos)), x)
         x, _ = self.ln_2.add_forward(self.resid_drop(self.mlp(x)), x)
         return x
 
@@ -146,21 +170,50 @@ class GPT(nn.Module):
         self.ops.__init__(backend)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        start_pos: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx: (B, T) token ids -> logits (B, T, vocab); with targets (B, T), also the mean cross-entropy."""
+        """idx: (B, T) token ids -> logits (B, T, vocab); with targets (B, T), also the mean cross-entropy.
+
+        With `kv_cache` (generation), idx holds positions start_pos..start_pos+T-1 of a sequence whose earlier
+        positions are in the cache; their keys and values are added to it, and only the last position's
+        logits (B, 1, vocab) are computed.
+        """
         B, T = idx.shape
-        if T > self.config.context_length:
-            raise ValueError(f"sequence length {T} exceeds the context length {self.config.context_length}")
-        pos = torch.arange(T, device=idx.device)
+        if start_pos + T > self.config.context_length:
+            raise ValueError(f"sequence length {start_pos + T} exceeds the context length {self.config.context_length}")
+        if kv_cache is not None and targets is not None:
+            raise ValueError("targets (training) and kv_cache (generation) do not go together")
+        if start_pos and kv_cache is None:
+            raise ValueError(f"start_pos={start_pos} needs a kv_cache holding the earlier positions")
+        pos = torch.arange(start_pos, start_pos + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
-        for block in self.transformer.h:
-            x = block(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if kv_cache is None else kv_cache[i], start_pos)
+        if kv_cache is not None:
+            x = x[:, -1:]  # generation needs only the next-token logits
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
         return logits, loss
+
+    # ------------------------------------------------------------------ generation and pretrained weights
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+        """idx (B, T) followed by up to max_new_tokens sampled tokens; options in `gpt.generate.generate`."""
+        from gpt.generate import generate
+
+        return generate(self, idx, max_new_tokens, **kwargs)
+
+    @classmethod
+    def from_hf(cls, path, **kwargs) -> GPT:
+        """A GPT from a local Hugging Face GPT-2 folder; options in `gpt.hf.from_hf`."""
+        from gpt.hf import from_hf
+
+        return from_hf(path, **kwargs)
 
     # ------------------------------------------------------------------ size
     def num_params(self, non_embedding: bool = False) -> int:
