@@ -189,14 +189,15 @@ class WindowSampler:
         win = torch.from_numpy(win)
         return win[:, :-1], win[:, 1:]
 
-    def fixed_batches(self, n_batches: int, seed_offset: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """`n_batches` batches that are the same every time (evaluation)."""
-        out = []
-        for i in range(n_batches):
-            rng = np.random.default_rng([self.seed, 0x5EED, seed_offset, i])
-            starts = rng.integers(0, len(self.tokens) - self.T, size=self.B)
-            out.append(self.batch(0, starts=starts))
-        return out
+    def fixed_batches(self, n_batches: int, rank: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's share of `n_batches` global batches that are the same every time (evaluation).
+
+        The `n_batches * world_size * batch_size` windows come from one seeded draw; batch i of rank r is
+        slice `i * world_size + r`, so the whole set depends only on the seed and the global batch size.
+        """
+        rng = np.random.default_rng([self.seed, 0x5EED])
+        starts = rng.integers(0, len(self.tokens) - self.T, size=n_batches * self.world_size * self.B)
+        return [self.batch(0, micro=i, rank=rank, starts=starts) for i in range(n_batches)]
 
 
 class SlidingWindowDataset(torch.utils.data.Dataset):

@@ -95,7 +95,7 @@ class TrainConfig:
     num_threads: int = 0  # CPU threads for torch; 0: torch's default
     # evaluation, samples, logging, checkpoints
     eval_interval: int = 250  # steps between evaluations (and at the end)
-    eval_batches: int = 20  # fixed validation batches per evaluation
+    eval_batches: int = 20  # fixed validation batches per evaluation, batch_size windows per process each
     sample_tokens: int = 200  # tokens sampled at each evaluation; 0: none
     final_sample_tokens: int = 500  # tokens sampled and printed at the end; 0: none
     sample_prompt: str = "\n"
@@ -360,8 +360,9 @@ class Trainer:
             self.dist.world_size,
             name=str(d / "train.bin"),
         )
-        val = WindowSampler(open_tokens(d / "val.bin"), T, cfg.batch_size, cfg.seed, name=str(d / "val.bin"))
-        self.val_batches = val.fixed_batches(cfg.eval_batches)[self.dist.rank :: self.dist.world_size]
+        val_tokens = open_tokens(d / "val.bin")
+        val = WindowSampler(val_tokens, T, cfg.batch_size, cfg.seed, 1, self.dist.world_size, name=str(d / "val.bin"))
+        self.val_batches = val.fixed_batches(cfg.eval_batches, self.dist.rank)
         self.tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size * T
         self.max_steps = math.ceil(cfg.max_tokens / self.tokens_per_step) if cfg.max_tokens else cfg.max_steps
 
@@ -560,7 +561,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean cross-entropy over the fixed validation batches (shared out over ranks)."""
+        """Mean cross-entropy over the fixed validation batches (each rank evaluates its share)."""
         model = self.fwd.module if self.dist.enabled else self.fwd
         model.eval()
         total = torch.zeros(2, device=self.device, dtype=torch.float64)

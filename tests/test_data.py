@@ -56,3 +56,10 @@ def test_sliding_window_dataset():
 def test_token_dtype():
     assert token_dtype(50257) == np.uint16 and token_dtype(65535) == np.uint16
     assert token_dtype(65536) == np.uint32
+
+
+def test_fixed_batches_depend_only_on_the_global_batch():
+    single = WindowSampler(TOKENS, 8, batch_size=4, seed=2).fixed_batches(2)
+    ranks = [WindowSampler(TOKENS, 8, batch_size=2, seed=2, world_size=2).fixed_batches(2, rank=r) for r in (0, 1)]
+    for i in range(2):
+        assert torch.equal(torch.cat([ranks[0][i][0], ranks[1][i][0]]), single[i][0])

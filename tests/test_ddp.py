@@ -1,0 +1,91 @@
+"""DDP on CPU: 2 gloo processes under torchrun (2 windows x 2 micro-batches each, `no_sync` on the first)
+give the same losses and weights as one process with one batch of the same 8 windows."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt.checkpoint import checkpoint_path, load_checkpoint
+from gpt.prepare import DataConfig, prepare
+from gpt.train import main
+
+TEXT = "".join(f"LINE {i}: the quick brown fox {i % 7} jumps over the lazy dog {i % 5}.\n" for i in range(300))
+
+
+def write_config(path: Path, data_dir: Path) -> Path:
+    path.write_text(
+        f"""
+[model]
+vocab_size = 64
+context_length = 16
+emb_dim = 32
+n_heads = 2
+n_layers = 2
+backend = "torch"
+[data]
+dir = "{data_dir.as_posix()}"
+[train]
+device = "cpu"
+max_steps = 6
+lr = 3e-3
+min_lr = 3e-4
+warmup_steps = 2
+eval_interval = 3
+eval_batches = 4
+sample_tokens = 0
+final_sample_tokens = 0
+log_interval = 1
+plot = false
+num_threads = 1
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def records(run_dir: Path, kind: str, key: str) -> dict[int, float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r[key] for r in map(json.loads, lines) if r["kind"] == kind}
+
+
+def test_two_gloo_processes_match_one(tmp_path):
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    (tmp_path / "text.txt").write_text(TEXT, encoding="utf-8")
+    data = tmp_path / "data"
+    prepare(DataConfig(dir=str(data), inputs=[str(tmp_path / "text.txt")]), quiet=True)
+    cfg = write_config(tmp_path / "ddp.toml", data)
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "gpt.train", "--config", str(cfg), "--out", str(tmp_path / "ddp")]
+    cmd += ["--set", "train.batch_size=2", "train.grad_accum=2"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 processes" in proc.stdout  # rank 0 logs, once
+    assert proc.stdout.count("model ") == 1
+
+    # the same 16 validation windows: 4 batches x 2 ranks x 2 windows == 2 batches x 8 windows
+    argv = ["--config", str(cfg), "--out", str(tmp_path / "single"), "--set", "train.batch_size=8"]
+    argv += ["train.eval_batches=2"]
+    assert main(argv) == 0
+
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    a, b = records(ddp, "train", "loss"), records(single, "train", "loss")
+    assert list(a) == list(range(1, 7))
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-5, abs=1e-6), step
+    va, vb = records(ddp, "eval", "val_loss"), records(single, "eval", "val_loss")
+    assert list(va) == [3, 6] and va == pytest.approx(vb, rel=1e-5)
+    wa = load_checkpoint(checkpoint_path(ddp, 6))
+    wb = load_checkpoint(checkpoint_path(single, 6))
+    assert wa["sampler"]["world_size"] == 2 and len(wa["rng_ranks"]) == 2
+    for k, v in wa["model"].items():
+        torch.testing.assert_close(v, wb["model"][k], rtol=1e-4, atol=1e-5, msg=k)
