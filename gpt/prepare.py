@@ -97,6 +97,8 @@ def pieces(files: list[Path], markdown: bool, errors: str, progress: Progress | 
         buf = ""
         first = True
         for block in iter_document(path, markdown, errors):
+            if progress is not None and not markdown:
+                progress.update(len(block.encode("utf-8", errors="replace")))
             buf += block
             while len(buf) >= SPLIT_BLOCK:
                 nl = buf.rfind("\n", 0, SPLIT_BLOCK)
@@ -105,7 +107,7 @@ def pieces(files: list[Path], markdown: bool, errors: str, progress: Progress | 
                 buf, first = buf[cut:], False
         if buf:
             yield buf, first
-        if progress is not None:
+        if progress is not None and markdown:
             progress.update(path.stat().st_size)
 
 

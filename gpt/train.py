@@ -15,7 +15,8 @@ learning rate rises linearly over `warmup_steps`, then follows a cosine down to 
 two or more dimensions: linear weights and embeddings), never biases or LayerNorm parameters.
 
 A run folder (`out_dir`) holds `metrics.jsonl` (one JSON record per logged step, eval and skipped step),
-`loss.png` and `ckpt-<step>.pt` checkpoints (the last `keep_checkpoints`). A checkpoint has everything a
+`loss.png` and `ckpt-<step>.pt` checkpoints (the last `keep_checkpoints`); a fresh run in a used folder moves
+the earlier run's files to `previous/`. A checkpoint has everything a
 step depends on (weights, AdamW state, step, sampler position, every RNG), so on CPU a resumed run is
 bit-identical to one that never stopped. Ctrl-C (or SIGTERM) finishes the current step, saves and exits.
 A step whose loss or gradient norm is not finite is skipped (the weights are not touched); after
@@ -35,6 +36,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -50,6 +52,7 @@ import torch.distributed as dist
 from gpt.checkpoint import (
     CheckpointError,
     checkpoint_path,
+    list_checkpoints,
     load_newest_good,
     model_payload,
     prune_checkpoints,
@@ -387,6 +390,8 @@ class Trainer:
         self.resumed_from: Path | None = None
         if resume:
             self._resume()
+        elif self.dist.master:
+            self._set_aside_previous_run()
 
         self.fwd = torch.compile(self.model) if cfg.compile else self.model
         if self.dist.enabled:
@@ -480,6 +485,21 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
+
+    def _set_aside_previous_run(self) -> None:
+        """A fresh run in a used folder: move the old checkpoints and metrics to `previous/` (replacing any
+        older `previous/`), so `--resume` can never pick up a checkpoint of the earlier run."""
+        old = [p for _, p in list_checkpoints(self.run_dir)]
+        old += [p for p in (self.run_dir / "metrics.jsonl", self.run_dir / "loss.png") if p.is_file()]
+        if not old:
+            return
+        prev = self.run_dir / "previous"
+        if prev.is_dir():
+            shutil.rmtree(prev)
+        prev.mkdir()
+        for p in old:
+            p.rename(prev / p.name)
+        self.log(f"note: {self.run_dir} held an earlier run; its checkpoints and metrics are now in {prev}")
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop records of steps after `step` (a resumed run redoes them)."""

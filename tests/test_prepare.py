@@ -155,3 +155,14 @@ def test_markdown_plays():
     files = shakespeare_files()
     assert len(files) == 38 and files == sorted(files)
     assert all(f.suffix == ".md" for f in files)
+
+
+def test_progress_bar_on_large_input(tmp_path, monkeypatch, capsys):
+    import gpt.prepare
+
+    monkeypatch.setattr(gpt.prepare, "PROGRESS_MIN_BYTES", 1)
+    src = tmp_path / "big.txt"
+    src.write_text(TEXT * 50, encoding="utf-8")
+    prepare(DataConfig(dir=str(tmp_path / "o"), inputs=[str(src)]))
+    err = capsys.readouterr().err
+    assert "prepare o [" in err and "100.0%" in err and "MB/s" in err

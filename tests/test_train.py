@@ -333,3 +333,13 @@ def test_train_presets_load():
     m, t, d = load_configs("train-gpt2-124m", [])
     assert m.context_length == 1024 and m.backend == "triton" and t.compile
     assert t.batch_size * t.grad_accum * m.context_length == 524288
+
+
+def test_fresh_run_sets_the_previous_one_aside(data_dir, tmp_path):
+    Trainer(*tiny(data_dir, tmp_path, max_steps=4), verbose=False).fit()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4]
+    Trainer(*tiny(data_dir, tmp_path, max_steps=2), verbose=False).fit()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
+    assert [s for s, _ in list_checkpoints(tmp_path / "previous")] == [4]
+    assert list(train_losses(tmp_path)) == [1, 2]
+    assert Trainer(*tiny(data_dir, tmp_path, max_steps=2), resume=True, verbose=False).step == 2
