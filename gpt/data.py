@@ -256,12 +256,18 @@ def shakespeare_files() -> list[Path]:
 
 
 def python_source_files() -> list[Path]:
-    """The running Python's standard-library sources (no site-packages, no tests), sorted."""
+    """The running Python's standard-library sources, tests included, site-packages not, sorted.
+
+    The handful of files that are deliberately not UTF-8 (encoding tests) are left out.
+    """
     root = Path(sysconfig.get_paths()["stdlib"])
     out = []
     for p in sorted(root.rglob("*.py")):
-        rel = p.relative_to(root).parts
-        if rel[0] in ("site-packages", "dist-packages") or any(part in ("test", "tests") for part in rel):
+        if p.relative_to(root).parts[0] in ("site-packages", "dist-packages"):
+            continue
+        try:
+            p.read_bytes().decode("utf-8")
+        except (UnicodeDecodeError, OSError):
             continue
         out.append(p)
     if not out:

@@ -715,6 +715,7 @@ class Trainer:
                             "mfu": mfu,
                             "tokens": self.step * self.tokens_per_step,
                             "time_s": elapsed,
+                            **self._memory(),
                         }
                     )
                     s["tokens_per_s"], s["mfu"] = tps, mfu
@@ -748,6 +749,11 @@ class Trainer:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
         return code
+
+    def _memory(self) -> dict[str, float]:
+        if self.device.type != "cuda":
+            return {}
+        return {"peak_mem_gib": torch.cuda.max_memory_allocated(self.device) / 2**30}
 
     def _show(self, s: dict[str, Any], elapsed: float, step0: int) -> None:
         done = self.step - step0

@@ -63,3 +63,12 @@ def test_fixed_batches_depend_only_on_the_global_batch():
     ranks = [WindowSampler(TOKENS, 8, batch_size=2, seed=2, world_size=2).fixed_batches(2, rank=r) for r in (0, 1)]
     for i in range(2):
         assert torch.equal(torch.cat([ranks[0][i][0], ranks[1][i][0]]), single[i][0])
+
+
+def test_python_source_corpus():
+    from gpt.data import python_source_files
+
+    files = python_source_files()
+    assert len(files) > 100 and files == sorted(files)
+    assert any(f.name == "os.py" for f in files)
+    assert not any("site-packages" in f.parts for f in files)
