@@ -1,0 +1,151 @@
+"""Decode speed: tokens/s of greedy generation with and without the KV cache, GPT-2 124M shape (random weights).
+
+    python -m bench.decode                                   # GPU: 256 and 1024 tokens, 64 timed steps each
+    python -m bench.decode --device cpu --steps 4            # CPU: a few steps only (no cache is slow there)
+    python -m bench.decode --device cpu --threads 1          # CPU shared with other jobs: avoid oversubscription
+    python -m bench.decode --lengths 128 512 --backend torch --dtype bfloat16
+
+"At N tokens": a random prompt of N - steps - 1 tokens, then steps + 1 generated tokens, so the sequence ends
+at N tokens. The first generated token (the cached prefill, or a first full forward) is not timed; the next
+`steps` are. With the cache each is one token through the model against the cache; without it each runs the
+whole sequence through the model again (nanoGPT's loop). Prefill time is reported on its own.
+
+Prints a table and writes bench/results/<device>/decode.csv (long format: op, provider, mode, shape, dtype,
+metric, value, gpu, torch, triton, date), replacing rows it re-measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from gpt.config import load_model_config
+from gpt.generate import generate_stream
+from gpt.model import GPT
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+FIELDS = ("op", "provider", "mode", "shape", "dtype", "metric", "value", "gpu", "torch", "triton", "date")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_decode(model: GPT, prompt: torch.Tensor, steps: int, use_cache: bool) -> tuple[float, float]:
+    """(seconds of the untimed first token, seconds of the next `steps` tokens) of greedy generation."""
+    device = prompt.device
+    sync(device)
+    t0 = time.perf_counter()
+    stream = generate_stream(model, prompt, steps + 1, temperature=0.0, use_cache=use_cache)
+    next(stream)
+    sync(device)
+    t1 = time.perf_counter()
+    for _ in stream:
+        pass
+    sync(device)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def device_name(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Merge `rows` into the CSV at `path`, replacing rows with the same key."""
+    key = lambda r: tuple(str(r[f]) for f in FIELDS[:6] + ("gpu",))  # noqa: E731
+    old = []
+    if path.is_file():
+        with path.open(newline="") as f:
+            old = list(csv.DictReader(f))
+    new_keys = {key(r) for r in rows}
+    merged = [r for r in old if key(r) not in new_keys] + rows
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(merged)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.decode", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    ap.add_argument("--config", default="gpt2-124m", help="model preset (default: gpt2-124m)")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[256, 1024], help="sequence length at the end")
+    ap.add_argument("--steps", type=int, default=None, help="timed tokens per run (default: 64 GPU, 4 CPU)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto")
+    ap.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--no-csv", action="store_true", help="print the table only")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = torch.device(args.device)
+    steps = args.steps or (64 if device.type == "cuda" else 4)
+    cfg = load_model_config(args.config)
+    cfg.backend = args.backend
+    for n in args.lengths:
+        if not steps + 2 <= n <= cfg.context_length:
+            ap.error(f"length {n} must be in [steps + 2, context_length] = [{steps + 2}, {cfg.context_length}]")
+    torch.manual_seed(0)
+    model = GPT(cfg).to(device=device, dtype=DTYPES[args.dtype]).eval()
+    gpu = device_name(device)
+    versions = dict(gpu=gpu, torch=torch.__version__, triton=_triton_version(), date=datetime.date.today().isoformat())
+
+    print(
+        f"decode, {args.config}, {args.dtype}, backend {args.backend}, {gpu} ({torch.get_num_threads()} threads), "
+        f"batch 1, {steps} timed tokens"
+    )
+    print(f"{'tokens':>7} {'cache tok/s':>12} {'no-cache tok/s':>15} {'speedup':>8} {'prefill ms':>11}")
+    rows = []
+    with torch.inference_mode():
+        for n in args.lengths:
+            prompt = torch.randint(0, cfg.vocab_size, (1, n - steps - 1), device=device)
+            result = {}
+            for use_cache in (True, False):
+                time_decode(model, prompt[:, -8:], 2, use_cache)  # warm-up: kernels compiled and tuned
+                first, timed = time_decode(model, prompt, steps, use_cache)
+                result[use_cache] = (first, steps / timed)
+            speedup = result[True][1] / result[False][1]
+            print(
+                f"{n:>7} {result[True][1]:>12.1f} {result[False][1]:>15.2f} {speedup:>7.1f}x "
+                f"{result[True][0] * 1e3:>11.1f}"
+            )
+            shape = f"{args.config} B1xT{n}"
+            common = dict(op="decode", mode="decode", shape=shape, dtype=args.dtype, **versions)
+            rows += [
+                {**common, "provider": f"{args.backend}-cache", "metric": "tokens/s", "value": result[True][1]},
+                {**common, "provider": f"{args.backend}-no-cache", "metric": "tokens/s", "value": result[False][1]},
+                {**common, "provider": f"{args.backend}-cache", "metric": "prefill_ms", "value": result[True][0] * 1e3},
+                {**common, "provider": f"{args.backend}-cache", "metric": "speedup_vs_no-cache", "value": speedup},
+            ]
+    if not args.no_csv:
+        path = RESULTS_DIR / gpu / "decode.csv"
+        write_csv(path, rows)
+        print(f"wrote {path}")
+    return 0
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+
+        return triton.__version__
+    except ImportError:
+        return ""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
