@@ -35,8 +35,9 @@ Limits: head dim 16-128 (any value; padded to the next power of two inside the k
 B, H, D and dtype (no grouped-query attention); inputs need a unit last stride (otherwise that tensor is
 copied once); with causal and Tq > Tk the first Tq - Tk query rows see no key: their output and gradients
 are zero (the reference returns NaN there). bf16 is GPU-only in the tests (Triton's interpreter gets
-`tl.dot` on bf16 wrong). NaN/inf in v reaches only the rows whose visible keys include it (the reference's
-dense `att @ v` spreads it to every row, as 0 * NaN).
+`tl.dot` on bf16 wrong). A NaN/inf in v reaches the rows that see its key, plus (as 0 * NaN) other rows of
+a block that loads it; the reference's dense `att @ v` spreads it to every row, so the kernel is never
+non-finite where the reference is finite.
 """
 
 import math
@@ -82,8 +83,9 @@ def attention_ref(
 # Triton kernels
 # ---------------------------------------------------------------------------------------------------------
 
-LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
-LN2 = 0.6931471805599453  # ln(2)
+# Kernel-side constants (constexpr so @triton.jit may read them); host code uses LOG2E.value.
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * log2(e))
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)  # ln(2)
 
 
 @triton.jit
@@ -215,8 +217,9 @@ def _attn_fwd_kernel(
 #   dZ    = P * (dP - delta),  delta_i = sum_j P_ij dP_ij = sum_j (P*M*r)_ij (dO_i . v_j) = dO_i . O_i
 #   dQ    = scale * dZ K,      dK = scale * dZ^T Q
 # P is recomputed from the saved logsumexp: P_ij = exp(z_ij - lse_i) = exp2(z_ij * log2(e) - lse_i * log2(e)).
-# Rows with no visible key have lse = -inf; they are read as +inf so their P is 0, not NaN. Query rows past
-# Tq load q = dO = 0 and lse = +inf (P = 0), so they add nothing to dK, dV without a mask.
+# Rows with no visible key (causal, Tq > Tk) have lse = -inf; they only ever fall in masked blocks, where P
+# is selected to 0. Query rows past Tq load q = dO = 0 and lse = +inf (P = 0): they add nothing to dK, dV
+# without a mask.
 
 
 @triton.jit
@@ -260,8 +263,7 @@ def _attn_bwd_dkdv_inner(
         row_ok = rows < Tq
         qd_mask = row_ok[:, None] & d_ok[None, :]
         q = tl.load(q_ptrs + start_m * stride_qt, mask=qd_mask, other=0.0)
-        lse = tl.load(LSE_row + rows, mask=row_ok, other=float("inf"))
-        lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+        lse = tl.load(LSE_row + rows, mask=row_ok, other=float("inf")) * LOG2E
         sT = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
         pT = tl.math.exp2(sT - lse[None, :])
         if MASK:
@@ -421,8 +423,7 @@ def _attn_bwd_dq_kernel(
     rows = offs_m.to(tl.int64)[:, None]
     q = tl.load(Q + b * stride_qb + h * stride_qh + rows * stride_qt + offs_d[None, :], mask=qd_mask, other=0.0)
     do = tl.load(DO + b * stride_dob + h * stride_doh + rows * stride_dot + offs_d[None, :], mask=qd_mask, other=0.0)
-    lse = tl.load(LSE + bh * Tq + offs_m, mask=m_ok, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+    lse = tl.load(LSE + bh * Tq + offs_m, mask=m_ok, other=float("inf")) * LOG2E
     delta = tl.load(DELTA + bh * Tq + offs_m, mask=m_ok, other=0.0)
     k_ptrs = K + b * stride_kb + h * stride_kh + offs_n.to(tl.int64)[:, None] * stride_kt + offs_d[None, :]
     v_ptrs = V + b * stride_vb + h * stride_vh + offs_n.to(tl.int64)[:, None] * stride_vt + offs_d[None, :]
@@ -594,7 +595,7 @@ def attention_fwd(
     args = (
         q, k, v, out, lse, seed if dropout else lse,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        heads, tq, tk, scale * LOG2E, dropout_p, 1.0 / (1.0 - dropout_p), triton.next_power_of_2(max(tq, tk)),
+        heads, tq, tk, scale * LOG2E.value, dropout_p, 1.0 / (1.0 - dropout_p), triton.next_power_of_2(max(tq, tk)),
     )  # fmt: skip
     grid = lambda meta: (triton.cdiv(tq, meta["BLOCK_M"]), batch * heads)
     _launch(_attn_fwd, grid, args, meta, q.dtype)
@@ -636,7 +637,7 @@ def attention_bwd(
         "HEAD_DIM": d, "BLOCK_D": block_d, "CAUSAL": causal, "DROPOUT": dropout,
         "INPUT_PRECISION": _input_precision(q.dtype),
     }  # fmt: skip
-    tail = (heads, tq, tk, scale, scale * LOG2E, dropout_p, 1.0 / (1.0 - dropout_p),
+    tail = (heads, tq, tk, scale, scale * LOG2E.value, dropout_p, 1.0 / (1.0 - dropout_p),
             triton.next_power_of_2(max(tq, tk)))  # fmt: skip
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     seed_arg = seed if dropout else lse
