@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/gpt info --config demo
-	$(VENV)/bin/gpt demo
+	$(VENV)/bin/gpt prepare --config demo
+	$(VENV)/bin/gpt train --config demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
