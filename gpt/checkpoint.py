@@ -88,12 +88,16 @@ def model_payload(model: torch.nn.Module, tokenizer: Any | None) -> dict[str, An
 
 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", backend: str | None = None):
-    """(model in eval mode, tokenizer or None, the raw checkpoint dict) from a checkpoint file."""
+    """(model in eval mode, tokenizer or None, the raw checkpoint dict) from a checkpoint file, or from the
+    newest readable checkpoint of a run folder."""
     from gpt.config import ConfigError, GPTConfig, from_dict
     from gpt.model import GPT
     from gpt.tokenizer import tokenizer_from_dict
 
-    ckpt = load_checkpoint(path, map_location=device)
+    if Path(path).is_dir():
+        path, ckpt = newest_readable(path, map_location=device)
+    else:
+        ckpt = load_checkpoint(path, map_location=device)
     try:
         cfg = from_dict(GPTConfig, ckpt["model_config"], f" in the model config of {path}")
     except ConfigError as e:
@@ -136,6 +140,18 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
     for p in old:
         p.unlink(missing_ok=True)
     return old
+
+
+def newest_readable(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
+    """The newest numbered checkpoint in `run_dir` that loads; CheckpointError if there is none."""
+    errors = []
+    for _, path in reversed(list_checkpoints(run_dir)):
+        try:
+            return path, load_checkpoint(path, map_location=map_location)
+        except CheckpointError as e:
+            errors.append(str(e))
+    detail = ("; ".join(errors)) if errors else "no ckpt-NNNNNNNN.pt files"
+    raise CheckpointError(f"{run_dir} holds no readable checkpoint ({detail})")
 
 
 def load_newest_good(

@@ -1,6 +1,6 @@
 """Text generation: sampling (greedy, temperature, top-k, top-p), a KV-cached decode loop, and `gpt generate`.
 
-    gpt generate --checkpoint out/demo/ckpt.pt --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8
+    gpt generate --checkpoint runs/demo --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8
     gpt generate --hf ~/models/gpt2 --prompt "The meaning of life is" --top-k 50 --top-p 0.95 --seed 1
     echo "Once upon a time" | gpt generate --hf ~/models/gpt2 --prompt - --greedy
 
@@ -203,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawTextHelpFormatter,
     )
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="PATH", help="a tritongpt checkpoint file")
+    src.add_argument(
+        "--checkpoint", metavar="PATH", help="a tritongpt checkpoint file, or a run folder (its newest checkpoint)"
+    )
     src.add_argument("--hf", metavar="PATH", help="a local Hugging Face GPT-2 folder (config.json + weights)")
     ap.add_argument("--prompt", default="", help="prompt text, or - to read standard input (default: empty)")
     ap.add_argument("--max-new-tokens", type=int, default=200)

@@ -325,3 +325,21 @@ def test_cli_stream_ends_at_endoftext(tmp_path, capsys):
     path = save_checkpoint(tmp_path / "bpe.pt", model_payload(model, tok))
     code, out, _ = run_cli(["--checkpoint", str(path), "--prompt", "Hello", "--max-new-tokens", "20"], capsys)
     assert code == 0 and out == "Hello\n"
+
+
+def test_cli_checkpoint_may_be_a_run_folder(tmp_path, capsys):
+    """A run folder means its newest readable ckpt-NNNNNNNN.pt; a truncated newer one is passed over."""
+    from gpt.checkpoint import checkpoint_path
+
+    tok = CharTokenizer.from_text("abcdefgh ijklmnop\n")
+    model = tiny_model(vocab_size=tok.vocab_size, context_length=16).cpu()
+    save_checkpoint(checkpoint_path(tmp_path, 10), model_payload(model, tok))
+    checkpoint_path(tmp_path, 20).write_bytes(b"PK\x03\x04 truncated")
+    argv = ["--checkpoint", str(tmp_path), "--prompt", "abc", "--max-new-tokens", "5", "--greedy"]
+    code, out, _ = run_cli(argv, capsys)
+    assert code == 0 and out.startswith("abc") and len(out) == 3 + 5 + 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as e:
+        run_cli(["--checkpoint", str(empty), "--prompt", "a"], capsys)
+    assert e.value.code == 2 and "holds no readable checkpoint" in capsys.readouterr().err
