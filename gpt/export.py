@@ -16,7 +16,9 @@ import argparse
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="gpt export", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, metavar="PATH", help="a tritongpt checkpoint file")
+    ap.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="a tritongpt checkpoint file, or a run folder (its newest)"
+    )
     ap.add_argument("--hf", required=True, metavar="OUT", help="folder to write (created if missing)")
     args = ap.parse_args(argv)
 
