@@ -27,8 +27,10 @@ import triton.language as tl
 
 from kernels._common import alloc, as_rows, as_vector, check_inputs, launcher, library_op, reduction_programs
 
-SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-GELU_COEF = 0.044715
+# Kernel-side constants (constexpr so @triton.jit may read them); host code uses SQRT_2_OVER_PI.value. In
+# kernels they multiply from the right (tensor * constexpr): the interpreter mishandles constexpr * tensor.
+SQRT_2_OVER_PI: tl.constexpr = tl.constexpr(math.sqrt(2.0 / math.pi))
+GELU_COEF: tl.constexpr = tl.constexpr(0.044715)
 
 # Columns per program: wide enough to stream, small enough that a row chunk of tiles stays in registers.
 BLOCK_COLS = 1024
@@ -36,7 +38,7 @@ BLOCK_COLS = 1024
 
 def gelu_ref(x: torch.Tensor) -> torch.Tensor:
     """GELU with the tanh approximation, written out (matches `F.gelu(x, approximate="tanh")`)."""
-    return 0.5 * x * (1.0 + torch.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
+    return 0.5 * x * (1.0 + torch.tanh(SQRT_2_OVER_PI.value * (x + 0.044715 * x * x * x)))
 
 
 def bias_gelu_ref(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -85,7 +87,7 @@ def _bias_gelu_fwd_kernel(
         z = tl.load(X + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_BIAS:
             z += b
-        s, _ = _sigmoid_2u(SQRT_2_OVER_PI * (z + GELU_COEF * z * z * z))
+        s, _ = _sigmoid_2u((z + z * GELU_COEF * z * z) * SQRT_2_OVER_PI)
         tl.store(Y + cols, (z * s).to(Y.dtype.element_ty), mask=mask)
         X += stride_x
         Y += n_cols
@@ -127,9 +129,9 @@ def _bias_gelu_bwd_kernel(
         if HAS_BIAS:
             z += b
         z2 = z * z
-        s, s_1ms = _sigmoid_2u(SQRT_2_OVER_PI * z * (1.0 + GELU_COEF * z2))
+        s, s_1ms = _sigmoid_2u(z * SQRT_2_OVER_PI * (1.0 + z2 * GELU_COEF))
         # s (1 - s) underflows to 0 long before z^2 overflows; the guard keeps 0 * inf from making a NaN.
-        slope = 2.0 * z * s_1ms * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_COEF * z2)
+        slope = 2.0 * z * s_1ms * SQRT_2_OVER_PI * (1.0 + z2 * (3.0 * GELU_COEF))
         dydz = s + tl.where(s_1ms > 0.0, slope, 0.0)
         dx = dy * dydz
         tl.store(DX + cols, dx.to(DX.dtype.element_ty), mask=mask)
