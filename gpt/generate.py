@@ -86,6 +86,14 @@ def sample_next(
 # Decode loop
 
 
+def _cache_dtype(model: GPT, device: torch.device) -> torch.dtype:
+    """The dtype the keys and values arrive in: autocast's while it is on for `device` (the q/k/v projection
+    runs in it), else the weights'. A cache of another dtype would hand the attention mixed dtypes."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return model.lm_head.weight.dtype
+
+
 @torch.no_grad()
 def generate_stream(
     model: GPT,
@@ -113,7 +121,7 @@ def generate_stream(
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     ctx = model.config.context_length
     seq = idx[:, -ctx:]
-    cache = KVCache(model.config, seq.shape[0], seq.device, model.lm_head.weight.dtype) if use_cache else None
+    cache = KVCache(model.config, seq.shape[0], seq.device, _cache_dtype(model, seq.device)) if use_cache else None
     cached = 0  # positions of the current window already in the cache
     done = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
     was_training = model.training

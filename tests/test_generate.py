@@ -343,3 +343,16 @@ def test_cli_checkpoint_may_be_a_run_folder(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run_cli(["--checkpoint", str(empty), "--prompt", "a"], capsys)
     assert e.value.code == 2 and "holds no readable checkpoint" in capsys.readouterr().err
+
+
+def test_cached_generation_under_autocast_hands_attention_one_dtype():
+    """Under autocast the q/k/v projection runs in the autocast dtype; a cache kept in the weights' fp32 gave
+    the Triton attention fp16 queries with fp32 cached keys (TypeError: q, k, v must share a dtype)."""
+    if reason := triton_skip_reason():
+        pytest.skip(reason)
+    model = tiny_model(n_layers=1)
+    model.set_backend("triton")
+    prompt = torch.randint(0, 61, (1, 5), device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.float16):
+        out = generate(model, prompt, 3, temperature=0.0)
+    assert out.shape == (1, 8)
