@@ -132,11 +132,16 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` numbered checkpoints (keep <= 0 keeps all); returns the deleted."""
+def prune_checkpoints(run_dir: str | Path, keep: int, upto: int | None = None) -> list[Path]:
+    """Delete all but the newest `keep` numbered checkpoints (keep <= 0 keeps all); returns the deleted.
+
+    With `upto` (the step just saved), only checkpoints of steps <= upto count: later-numbered files (a
+    corrupt one a resumed run skipped) are left alone and never push the fresh checkpoint out.
+    """
     if keep <= 0:
         return []
-    old = [p for _, p in list_checkpoints(run_dir)[:-keep]]
+    found = [(s, p) for s, p in list_checkpoints(run_dir) if upto is None or s <= upto]
+    old = [p for _, p in found[:-keep]]
     for p in old:
         p.unlink(missing_ok=True)
     return old
@@ -194,13 +199,16 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` captured (CUDA states only where this machine has the same GPUs)."""
-    torch.set_rng_state(state["torch"])
+    """Restore what `rng_state` captured (CUDA states only where this machine has the same GPUs).
+
+    The states may have been loaded onto a GPU (`map_location`); generators take CPU byte tensors.
+    """
+    torch.set_rng_state(state["torch"].cpu())
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     n = state["numpy"]
     np.random.set_state(
-        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        (n["kind"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
     )
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))

@@ -401,7 +401,8 @@ class Trainer:
             self.fwd = DDP(self.fwd, device_ids=ids)
         self.flops_per_token = flops_per_token(self.model)
         self.peak = peak_flops(self.device)
-        self._stop_requested = False
+        self._stop_requested = False  # set by the signal handler, on this rank only
+        self._stop_agreed = False  # some rank had a stop request at the last step's all-reduce
         self._time_up = False  # set when max_time_s has passed; agreed on by all ranks in train_step
 
     # ------------------------------------------------------------------ state
@@ -439,7 +440,8 @@ class Trainer:
         }
 
     def _resume(self) -> None:
-        found = load_newest_good(self.run_dir, map_location=self.device, warn=self.log)
+        # to the CPU: the RNG states must be CPU tensors; load_state_dict moves weights and AdamW state over
+        found = load_newest_good(self.run_dir, map_location="cpu", warn=self.log)
         if found is None:
             raise CheckpointError(f"--resume: no usable checkpoint in {self.run_dir}")
         path, ckpt = found
@@ -554,7 +556,8 @@ class Trainer:
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         loss_val, norm_val = flags[0].item(), grad_norm.item()
-        self._stop_requested = flags[1].item() > 0
+        # the agreed flags: a signal that lands on one rank after this all-reduce is acted on after the next step
+        self._stop_agreed = flags[1].item() > 0
         self._time_up = flags[2].item() > 0
         ok = math.isfinite(loss_val) and math.isfinite(norm_val)
         if ok:
@@ -631,7 +634,7 @@ class Trainer:
         path = None
         if self.dist.master:
             path = save_checkpoint(checkpoint_path(self.run_dir, self.step), state)
-            prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
+            prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints, upto=self.step)
             self.plot()
         if self.dist.enabled:
             dist.barrier()
@@ -722,7 +725,7 @@ class Trainer:
                 self._show(s, elapsed, step0)
                 if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.step < self.max_steps:
                     self.eval_and_log()
-                if self._stop_requested:
+                if self._stop_agreed:
                     path = self.save()
                     self.log(f"interrupted at step {self.step}; saved {path} (resume with --resume)")
                     return 130

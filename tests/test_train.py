@@ -260,6 +260,32 @@ def test_ctrl_c_saves_and_exits(data_dir, tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_late_stop_request_waits_for_the_next_agreement(data_dir, tmp_path):
+    """A request landing after a step's all-reduce (on one DDP rank, say) is acted on after the next step, so
+    every rank stops together instead of one saving while the others train on."""
+    trainer = Trainer(*tiny(data_dir, tmp_path), verbose=False)
+    show = trainer._show
+
+    def late_request(s, *args):
+        show(s, *args)
+        if trainer.step == 4:
+            trainer._stop_requested = True
+
+    trainer._show = late_request
+    assert trainer.fit() == 130
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [5]
+
+
+def test_keep_last_never_prunes_the_fresh_checkpoint(data_dir, tmp_path):
+    """A higher-numbered unreadable file (skipped on resume) must not push the new checkpoints out."""
+    Trainer(*tiny(data_dir, tmp_path, max_steps=2, keep_checkpoints=1), verbose=False).fit()
+    (tmp_path / "ckpt-00000099.pt").write_bytes(b"foreign bytes")
+    resumed = Trainer(*tiny(data_dir, tmp_path, max_steps=3, keep_checkpoints=1), resume=True, verbose=False)
+    assert resumed.step == 2 and resumed.fit() == 0
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 99]
+    assert Trainer(*tiny(data_dir, tmp_path, max_steps=3), resume=True, verbose=False).step == 3
+
+
 def test_command_line(data_dir, tmp_path, capsys):
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(
