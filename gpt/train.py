@@ -129,6 +129,8 @@ class TrainConfig:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:  # numpy's global seed takes 32 bits
+            raise ConfigError(f"train.seed must be in [0, 2**32), got {self.seed}")
         if not 0.0 <= self.min_lr <= self.lr:
             raise ConfigError(f"train.min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
         if self.grad_clip < 0 or self.weight_decay < 0 or self.max_time_s < 0:

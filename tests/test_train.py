@@ -336,6 +336,8 @@ def test_config_validation():
         TrainConfig(batch_size=0)
     with pytest.raises(ConfigError, match="precision"):
         TrainConfig(precision="fp16")
+    with pytest.raises(ConfigError, match="train.seed"):
+        TrainConfig(seed=-1)
 
 
 def test_mfu_table_and_flops():
