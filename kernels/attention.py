@@ -518,7 +518,7 @@ def _launch(kernel, grid, args: tuple, meta: dict, dtype: torch.dtype) -> None:
     if _INTERPRET:
         launcher(kernel)[grid](*args, **meta, **_INTERPRETER_BLOCKS)
         return
-    key = (kernel.fn.__name__, *(meta[k] for k in _AUTOTUNE_KEY if k in meta), str(dtype))
+    key = (kernel.fn.__name__, *(meta[k] for k in _AUTOTUNE_KEY), str(dtype))
     if torch.cuda.is_current_stream_capturing():
         config = _CHOSEN.get(key, kernel.configs[0])
         launcher(kernel.fn)[grid](
@@ -589,13 +589,13 @@ def attention_fwd(
         return out, lse
     dropout = dropout_p > 0.0
     meta = {
-        "HEAD_DIM": d, "BLOCK_D": triton.next_power_of_2(d), "CAUSAL": causal, "DROPOUT": dropout,
-        "INPUT_PRECISION": _input_precision(q.dtype),
+        "T_BUCKET": triton.next_power_of_2(max(tq, tk)), "HEAD_DIM": d, "BLOCK_D": triton.next_power_of_2(d),
+        "CAUSAL": causal, "DROPOUT": dropout, "INPUT_PRECISION": _input_precision(q.dtype),
     }  # fmt: skip
     args = (
         q, k, v, out, lse, seed if dropout else lse,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        heads, tq, tk, scale * LOG2E.value, dropout_p, 1.0 / (1.0 - dropout_p), triton.next_power_of_2(max(tq, tk)),
+        heads, tq, tk, scale * LOG2E.value, dropout_p, 1.0 / (1.0 - dropout_p),
     )  # fmt: skip
     grid = lambda meta: (triton.cdiv(tq, meta["BLOCK_M"]), batch * heads)
     _launch(_attn_fwd, grid, args, meta, q.dtype)
@@ -634,11 +634,10 @@ def attention_bwd(
     )  # fmt: skip
     dropout = dropout_p > 0.0
     meta = {
-        "HEAD_DIM": d, "BLOCK_D": block_d, "CAUSAL": causal, "DROPOUT": dropout,
-        "INPUT_PRECISION": _input_precision(q.dtype),
+        "T_BUCKET": triton.next_power_of_2(max(tq, tk)), "HEAD_DIM": d, "BLOCK_D": block_d, "CAUSAL": causal,
+        "DROPOUT": dropout, "INPUT_PRECISION": _input_precision(q.dtype),
     }  # fmt: skip
-    tail = (heads, tq, tk, scale, scale * LOG2E.value, dropout_p, 1.0 / (1.0 - dropout_p),
-            triton.next_power_of_2(max(tq, tk)))  # fmt: skip
+    tail = (heads, tq, tk, scale, scale * LOG2E.value, dropout_p, 1.0 / (1.0 - dropout_p))
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     seed_arg = seed if dropout else lse
     if tk > 0:

@@ -347,6 +347,33 @@ def test_gpu_inductor_compile_matches_eager():
     torch.testing.assert_close(xc.grad, xe.grad)
 
 
+def test_capture_reuses_the_config_tuned_for_the_same_sequence_bucket(monkeypatch):
+    """The config remembered for CUDA-graph capture is keyed by the whole autotune key, T_BUCKET included: a
+    capture at T = 3000 must not reuse what was tuned at T = 100. Host logic only: the kernel is faked."""
+    import types
+
+    launched = []
+    kernel = types.SimpleNamespace(fn=types.SimpleNamespace(__name__="_k"), configs=["cfg-first"], best_config=None)
+    monkeypatch.setattr(attn_mod, "_INTERPRET", False)
+    monkeypatch.setattr(attn_mod, "_attn_fwd", kernel)
+    monkeypatch.setattr(attn_mod, "launcher", lambda k: _Recorder(k, launched))
+    monkeypatch.setattr(attn_mod, "_CHOSEN", {})
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    for t, cfg in ((100, "cfg-small"), (3000, "cfg-large")):
+        kernel.best_config = cfg
+        attn_mod.attention_fwd(*qkv(1, 1, t, t, 16, device="cpu"), True, 0.0, 0.25, None)
+    assert len(launched) == 2
+    assert sorted(attn_mod._CHOSEN.values()) == ["cfg-large", "cfg-small"]
+
+
+class _Recorder:
+    def __init__(self, kernel, log):
+        self.kernel, self.log = kernel, log
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.log.append(kwargs)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("warm", [True, False], ids=["tuned-before", "first-call-in-capture"])
 def test_gpu_cuda_graph_capture_does_not_autotune(warm):
