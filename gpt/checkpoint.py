@@ -95,9 +95,14 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", 
     from gpt.tokenizer import tokenizer_from_dict
 
     if Path(path).is_dir():
-        path, ckpt = newest_readable(path, map_location=device)
+        skipped: list[str] = []
+        found = load_newest_good(path, warn=skipped.append, require=())
+        if found is None:
+            detail = "; ".join(skipped) or "no ckpt-NNNNNNNN.pt files"
+            raise CheckpointError(f"{path} holds no readable checkpoint ({detail})")
+        path, ckpt = found
     else:
-        ckpt = load_checkpoint(path, map_location=device)
+        ckpt = load_checkpoint(path)  # on the CPU: only the weights move to `device`, never the optimizer state
     try:
         cfg = from_dict(GPTConfig, ckpt["model_config"], f" in the model config of {path}")
     except ConfigError as e:
@@ -147,29 +152,21 @@ def prune_checkpoints(run_dir: str | Path, keep: int, upto: int | None = None) -
     return old
 
 
-def newest_readable(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
-    """The newest numbered checkpoint in `run_dir` that loads; CheckpointError if there is none."""
-    errors = []
-    for _, path in reversed(list_checkpoints(run_dir)):
-        try:
-            return path, load_checkpoint(path, map_location=map_location)
-        except CheckpointError as e:
-            errors.append(str(e))
-    detail = ("; ".join(errors)) if errors else "no ckpt-NNNNNNNN.pt files"
-    raise CheckpointError(f"{run_dir} holds no readable checkpoint ({detail})")
+TRAINING_KEYS = ("optimizer", "step", "rng")
 
 
 def load_newest_good(
-    run_dir: str | Path, map_location: str | torch.device = "cpu", warn=None
+    run_dir: str | Path, map_location: str | torch.device = "cpu", warn=None, require: tuple[str, ...] = TRAINING_KEYS
 ) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint in `run_dir` that loads and validates, or None if there is none.
+    """The newest numbered checkpoint in `run_dir` that loads and has the `require`d entries (by default those
+    a training run resumes from), or None if there is none.
 
     A truncated or foreign newer file is skipped (reported through `warn(message)`), never deleted.
     """
     for _, path in reversed(list_checkpoints(run_dir)):
         try:
             ckpt = load_checkpoint(path, map_location=map_location)
-            for key in ("optimizer", "step", "rng"):
+            for key in require:
                 if key not in ckpt:
                     raise CheckpointError(f"{path} has no {key!r} entry (not a training checkpoint)")
         except CheckpointError as e:
