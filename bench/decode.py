@@ -17,26 +17,20 @@ metric, value, gpu, torch, triton, date), replacing rows it re-measures.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import re
 import time
 from pathlib import Path
 
 import torch
 
+from bench.harness import current_env
+from bench.harness import synchronize as sync
+from bench.report import with_env, write_csv
 from gpt.config import load_model_config
 from gpt.generate import generate_stream
 from gpt.model import GPT
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-FIELDS = ("op", "provider", "mode", "shape", "dtype", "metric", "value", "gpu", "torch", "triton", "date")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_decode(model: GPT, prompt: torch.Tensor, steps: int, use_cache: bool) -> tuple[float, float]:
@@ -52,28 +46,6 @@ def time_decode(model: GPT, prompt: torch.Tensor, steps: int, use_cache: bool) -
         pass
     sync(device)
     return t1 - t0, time.perf_counter() - t1
-
-
-def device_name(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Merge `rows` into the CSV at `path`, replacing rows with the same key."""
-    key = lambda r: tuple(str(r[f]) for f in FIELDS[:6] + ("gpu",))  # noqa: E731
-    old = []
-    if path.is_file():
-        with path.open(newline="") as f:
-            old = list(csv.DictReader(f))
-    new_keys = {key(r) for r in rows}
-    merged = [r for r in old if key(r) not in new_keys] + rows
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(merged)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,11 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"length {n} must be in [steps + 2, context_length] = [{steps + 2}, {cfg.context_length}]")
     torch.manual_seed(0)
     model = GPT(cfg).to(device=device, dtype=DTYPES[args.dtype]).eval()
-    gpu = device_name(device)
-    versions = dict(gpu=gpu, torch=torch.__version__, triton=_triton_version(), date=datetime.date.today().isoformat())
+    env = current_env(device)
 
     print(
-        f"decode, {args.config}, {args.dtype}, backend {args.backend}, {gpu} ({torch.get_num_threads()} threads), "
+        f"decode, {args.config}, {args.dtype}, backend {args.backend}, {env.gpu} ({torch.get_num_threads()} threads), "
         f"batch 1, {steps} timed tokens"
     )
     print(f"{'tokens':>7} {'cache tok/s':>12} {'no-cache tok/s':>15} {'speedup':>8} {'prefill ms':>11}")
@@ -124,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result[True][0] * 1e3:>11.1f}"
             )
             shape = f"{args.config} B1xT{n}"
-            common = dict(op="decode", mode="decode", shape=shape, dtype=args.dtype, **versions)
+            common = dict(op="decode", mode="decode", shape=shape, dtype=args.dtype)
             rows += [
                 {**common, "provider": f"{args.backend}-cache", "metric": "tokens/s", "value": result[True][1]},
                 {**common, "provider": f"{args.backend}-no-cache", "metric": "tokens/s", "value": result[False][1]},
@@ -132,19 +103,10 @@ def main(argv: list[str] | None = None) -> int:
                 {**common, "provider": f"{args.backend}-cache", "metric": "speedup_vs_no-cache", "value": speedup},
             ]
     if not args.no_csv:
-        path = RESULTS_DIR / gpu / "decode.csv"
-        write_csv(path, rows)
+        path = RESULTS_DIR / env.slug / "decode.csv"
+        write_csv(with_env(rows, env), path)
         print(f"wrote {path}")
     return 0
-
-
-def _triton_version() -> str:
-    try:
-        import triton
-
-        return triton.__version__
-    except ImportError:
-        return ""
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Shared test set-up: Triton's interpreter on machines without a GPU, a fixed seed for every test, the
-`device` fixture, an opt-in `poison_outputs` fixture, and skipping of `gpu`-marked tests where CUDA is absent.
+`device` fixture, opt-in `poison_outputs` and `one_thread` fixtures, and skipping of `gpu`-marked tests
+where CUDA is absent.
 
 TRITON_INTERPRET must be set before any `kernels` module is imported (Triton chooses interpreter or compiler
 when a kernel is defined); conftest.py is imported before the test modules, so setting it here is in time.
@@ -36,6 +37,16 @@ def poison_outputs(monkeypatch):
     import kernels._common
 
     monkeypatch.setattr(kernels._common, "POISON_OUTPUTS", True)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one intra-op thread for this test: tiny models gain nothing from threads and lose a lot when
+    other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -145,3 +145,22 @@ def test_native_ops_swap_keeps_the_model_equal():
     train_step.use_native_ops(native)
     idx = torch.randint(cfg.vocab_size, (2, 16))
     torch.testing.assert_close(native(idx)[0], ref(idx)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_decode_bench_writes_the_long_csv(tmp_path, monkeypatch, capsys):
+    """`python -m bench.decode` on a tiny model: a table, and rows in the shared long format."""
+    import bench.decode
+    from bench.report import COLUMNS, read_csv
+
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text("[model]\nvocab_size = 50\ncontext_length = 16\nemb_dim = 32\nn_heads = 2\nn_layers = 1\n")
+    monkeypatch.setattr(bench.decode, "RESULTS_DIR", tmp_path / "results")
+    argv = ["--config", str(cfg), "--device", "cpu", "--steps", "2", "--lengths", "8", "16", "--backend", "torch"]
+    assert bench.decode.main(argv) == 0
+    assert "cache tok/s" in capsys.readouterr().out
+    (csv_path,) = (tmp_path / "results").glob("*/decode.csv")
+    rows = read_csv(csv_path)
+    assert list(rows[0]) == list(COLUMNS)
+    assert {r["metric"] for r in rows} == {"tokens/s", "prefill_ms", "speedup_vs_no-cache"}
+    assert {r["shape"] for r in rows} == {f"{cfg} B1xT8", f"{cfg} B1xT16"}
+    assert all(r["value"] > 0 for r in rows)

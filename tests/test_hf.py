@@ -17,13 +17,7 @@ from gpt.tokenizer import CharTokenizer, GPT2Tokenizer
 SMALL = dict(vocab_size=101, n_positions=32, n_embd=64, n_layer=2, n_head=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hf_config(**kw) -> dict:
