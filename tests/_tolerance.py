@@ -18,6 +18,7 @@ __all__ = [
     "HI_DTYPE",
     "OUTPUT_FACTOR",
     "Comparison",
+    "assert_compiled_matches_eager",
     "assert_matches_reference",
     "assert_rule",
     "check_op",
@@ -49,3 +50,17 @@ def assert_matches_reference(
     comparisons = check_op(kernel_fn, ref_fn, inputs, grad_names, seed=seed)
     assert_rule(comparisons)
     return comparisons
+
+
+def assert_compiled_matches_eager(fn: Callable[..., Any], args: Sequence[Any], dy: Any, backend: str) -> None:
+    """`torch.compile(fn, fullgraph=True)` (which fails on any graph break) gives the eager outputs and input
+    gradients under the upstream gradient `dy`."""
+    import torch
+
+    results = []
+    for f in (fn, torch.compile(fn, backend=backend, fullgraph=True)):
+        leaves = [a.clone().requires_grad_() for a in args]
+        out = f(*leaves)
+        results.append((out, *torch.autograd.grad(out, leaves, dy)))
+    for eager, compiled in zip(*results, strict=True):
+        torch.testing.assert_close(compiled, eager)

@@ -6,7 +6,7 @@ On CPU these run through Triton's interpreter (conftest.py sets it), fp32 and fp
 
 import pytest
 import torch
-from _tolerance import assert_matches_reference, check_op
+from _tolerance import assert_compiled_matches_eager, assert_matches_reference, check_op
 
 import kernels._common
 import kernels.reference as reference
@@ -111,20 +111,14 @@ def test_registered_ops_pass_opcheck(device):
 
 
 def _compiled_matches_eager(backend, device):
-    """fullgraph=True fails on any graph break; the compiled outputs and gradients must equal the eager ones."""
+    """A small graph of the ops, compiled with `backend`, against eager."""
 
     def mlp(h, bias):
         return gelu(bias_gelu(h, bias) * 0.5)
 
     args = [torch.randn(2, 3, 64, device=device), torch.randn(64, device=device)]
     dy = torch.randn(2, 3, 64, device=device)
-    results = []
-    for fn in (mlp, torch.compile(mlp, backend=backend, fullgraph=True)):
-        leaves = [a.clone().requires_grad_() for a in args]
-        out = fn(*leaves)
-        results.append((out, *torch.autograd.grad(out, leaves, dy)))
-    for eager, compiled in zip(*results, strict=True):
-        torch.testing.assert_close(compiled, eager)
+    assert_compiled_matches_eager(mlp, args, dy, backend)
 
 
 def test_torch_compile_traces_without_graph_break(device):
