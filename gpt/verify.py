@@ -32,9 +32,11 @@ import torch
 
 OUTPUT_FACTOR = 2.0  # kernel error <= 2x the same-precision reference's error, for outputs
 GRAD_FACTOR = 3.0  # ... and 3x for input gradients
-# plus this many units in the last place (eps of the dtype) of max(1, max |reference|). It matters only where
-# the reference is exact by construction (attention at T = 1: one key, so dq = dk = 0 exactly in any precision,
-# while the kernel's dP - delta carries a few ulps of rounding from length-D dot products).
+# plus this many units in the last place (eps of the dtype) of max(1, max |reference|). Where the same-precision
+# reference is exact (its error is 0, so it sets no budget), the ulps are of the op's magnitude instead: the
+# largest |value| of any output or gradient of the call. That happens where a result is exact by construction:
+# attention at T = 1 has one key, so dq = dk = 0 in any precision, while the kernel's dP - delta carries a few
+# ulps of rounding of length-D dot products, whose size is that of dv, not of the zero dq.
 FLOOR_ULPS = 8.0
 
 HI_DTYPE = {torch.float32: torch.float64, torch.float16: torch.float32, torch.bfloat16: torch.float32}
@@ -61,9 +63,12 @@ class Comparison:
         return self.err / self.ref_err if self.ref_err > 0 else (0.0 if self.err == 0 else math.inf)
 
 
-def compare(name: str, out: torch.Tensor, ref: torch.Tensor, ref_hi: torch.Tensor, factor: float) -> Comparison:
+def compare(
+    name: str, out: torch.Tensor, ref: torch.Tensor, ref_hi: torch.Tensor, factor: float, scale: float = 1.0
+) -> Comparison:
     """Judge `out` (the kernel's) against `ref_hi` (the reference at higher precision), with `ref` (the
-    reference at out's precision) setting the error budget: err <= factor * ref_err + floor."""
+    reference at out's precision) setting the error budget: err <= factor * ref_err + floor, the floor being
+    FLOOR_ULPS ulps of max(1, max |ref_hi|), or of max(1, scale, max |ref_hi|) where ref_err is 0."""
     if out.shape != ref_hi.shape:
         return Comparison(name, math.inf, math.nan, math.nan, False, f"shape {tuple(out.shape)}")
     if out.dtype != ref.dtype:
@@ -84,10 +89,10 @@ def compare(name: str, out: torch.Tensor, ref: torch.Tensor, ref_hi: torch.Tenso
     if both.any():
         err = (o[both] - h[both]).abs().max().item()
         ref_err = (r[both] - h[both]).abs().max().item()
-        scale = max(1.0, h[both].abs().max().item())
+        scale = max(1.0, scale if ref_err == 0 else 1.0, h[both].abs().max().item())
     else:
         err = ref_err = 0.0
-        scale = 1.0
+        scale = max(1.0, scale)
     bound = factor * ref_err + FLOOR_ULPS * torch.finfo(out.dtype).eps * scale
     err = err if not math.isnan(err) else math.inf
     return Comparison(name, err, ref_err, bound, not note and err <= bound, note)
@@ -143,14 +148,16 @@ def check_op(
         return [
             Comparison("out", math.inf, math.nan, math.nan, False, f"{len(k_outs)} outputs, expected {len(r_outs)}")
         ]
+    finite = [t[torch.isfinite(t)] for t in (*h_outs, *h_grads.values()) if t is not None]
+    scale = max((t.abs().max().item() for t in finite if t.numel()), default=1.0)  # the op's magnitude
     for i, (k, r, h) in enumerate(zip(k_outs, r_outs, h_outs, strict=True)):
-        result.append(compare("out" if i == 0 else f"out{i}", k, r, h, OUTPUT_FACTOR))
+        result.append(compare("out" if i == 0 else f"out{i}", k, r, h, OUTPUT_FACTOR, scale))
     for name in grad_names:
         k, r, h = k_grads[name], r_grads[name], h_grads[name]
         if k is None:
             result.append(Comparison(f"d{name}", math.inf, math.nan, math.nan, False, "no gradient"))
             continue
-        result.append(compare(f"d{name}", k, r, h, GRAD_FACTOR))
+        result.append(compare(f"d{name}", k, r, h, GRAD_FACTOR, scale))
     return result
 
 

@@ -73,3 +73,20 @@ def test_rule_uses_the_reference_error_as_budget():
     nan_out[3] = float("nan")
     c = verify.compare("out", nan_out, ref, hi, factor=2.0)
     assert not c.ok and "non-finite" in c.note
+
+
+def test_exact_reference_gets_a_floor_of_the_ops_magnitude():
+    """A result that is exactly 0 in any precision (attention's dq at T = 1) sets no error budget; the floor is
+    then a few ulps of the op's magnitude, not of the zero itself."""
+    hi = torch.zeros(80, dtype=torch.float64)
+    ref = hi.float()
+    kernel = ref + 1.5e-6  # ~13 ulps of 1, ~3 ulps of 4
+    assert not verify.compare("dq", kernel, ref, hi, factor=3.0).ok
+    assert verify.compare("dq", kernel, ref, hi, factor=3.0, scale=4.0).ok
+    inexact = (hi + 1e-7).float()  # the reference has its own error: the budget comes from it, not from scale
+    assert not verify.compare("dq", ref + 2e-6, inexact, hi, factor=3.0, scale=4.0).ok
+
+
+@pytest.mark.parametrize("seed", [6, 9])
+def test_single_key_attention_gradients_pass_for_seeds_that_once_failed(seed):
+    assert verify.main(["--quick", "--ops", "attention", "--seed", str(seed)]) == 0
