@@ -16,7 +16,6 @@ row included); attention reports 4*B*H*T^2*D FLOPs forward, halved when causal, 
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 from collections.abc import Callable
@@ -32,13 +31,11 @@ PROVIDERS = ("triton", "eager", "torch", "compile")
 MODES = ("fwd", "bwd", "fwd+bwd")
 OPS = ("layer_norm", "add_layer_norm", "gelu", "bias_gelu", "attention")
 
-KERNEL_MODULES = {"layer_norm": "layer_norm", "add_layer_norm": "layer_norm", "gelu": "gelu", "bias_gelu": "gelu",
-                  "attention": "attention"}  # fmt: skip
 GPT2_WIDTHS = (768, 1024, 1280, 1600)  # 124M, 355M, 774M, 1558M
 
 
 class Unavailable(Exception):
-    """A provider that cannot run here (no GPU, kernel not built yet); the message says why."""
+    """A provider that cannot run here (the Triton kernels on a CPU without --interpret); the message says why."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -213,13 +210,9 @@ def provider_fn(op: str, provider: str, device: torch.device) -> Callable:
 
         if device.type != "cuda" and not interpreter_enabled():
             raise Unavailable("no CUDA GPU here; pass --interpret to run the kernels in Triton's CPU interpreter")
-        try:
-            # From the op's own module: once `kernels.gelu` (the module) is imported, `kernels.gelu` names it,
-            # not the function, so `getattr(kernels, "gelu")` would hand back a module.
-            module = importlib.import_module(f"kernels.{KERNEL_MODULES[op]}")
-            return getattr(module, op)
-        except (ImportError, AttributeError) as e:
-            raise Unavailable(f"kernels.{op} cannot be imported yet ({e})") from None
+        import kernels
+
+        return getattr(kernels, op)
     raise ValueError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
 
 

@@ -8,18 +8,10 @@ from __future__ import annotations
 
 import types
 
+import kernels
 import kernels.reference as reference
 
 BACKENDS = ("auto", "torch", "triton")
-
-
-def triton_ops() -> types.ModuleType:
-    """The Triton ops, imported on first use so the torch backend never loads Triton."""
-    try:
-        import kernels
-    except ImportError as e:  # pragma: no cover - triton missing (e.g. macOS)
-        raise RuntimeError(f"backend 'triton' needs the triton package: {e}") from e
-    return kernels
 
 
 class Ops:
@@ -33,7 +25,7 @@ class Ops:
     def _impl(self, x) -> types.ModuleType:
         if self.backend == "torch" or (self.backend == "auto" and not x.is_cuda):
             return reference
-        return triton_ops()
+        return kernels
 
     def layer_norm(self, x, weight, bias, eps):
         return self._impl(x).layer_norm(x, weight, bias, eps)

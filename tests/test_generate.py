@@ -1,8 +1,6 @@
 """Generation: sampling semantics, the KV cache against re-encoding, the sliding window, and `gpt generate`."""
 
-import importlib
 import io
-import os
 import sys
 
 import pytest
@@ -12,7 +10,6 @@ from gpt.checkpoint import model_payload, save_checkpoint
 from gpt.config import GPTConfig
 from gpt.generate import TextStream, generate, generate_stream, main, sample_next, top_k_filter, top_p_filter
 from gpt.model import GPT, KVCache
-from gpt.ops import triton_ops
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer
 
 ON_GPU = torch.cuda.is_available()
@@ -30,19 +27,6 @@ def tiny_model(seed: int = 0, **kw) -> GPT:
         for p in model.parameters():
             p.mul_(4.0)
     return model
-
-
-def triton_skip_reason() -> str | None:
-    if not ON_GPU and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        return "no CUDA GPU and TRITON_INTERPRET is not 1"
-    if not callable(getattr(importlib.import_module("kernels.attention"), "attention", None)):
-        return "the Triton attention kernel (kernels.attention.attention) does not exist yet"
-    ops = triton_ops()
-    if not all(
-        callable(getattr(ops, name, None)) for name in ("attention", "layer_norm", "add_layer_norm", "bias_gelu")
-    ):
-        return "Ops('triton') resolves kernels.<op> to the submodule, not the op (kernels/__init__.py)"
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -154,8 +138,6 @@ def test_greedy_with_and_without_cache_agree_for_50_steps(backend):
     position before it, so if those argmaxes reproduce every cached token, uncached greedy produces the same
     50 tokens (by induction over the steps).
     """
-    if backend == "triton" and (reason := triton_skip_reason()):
-        pytest.skip(reason)
     interpreted = backend == "triton" and not ON_GPU
     model = tiny_model(n_layers=1 if interpreted else 2)
     model.set_backend(backend)
@@ -342,8 +324,6 @@ def test_cli_checkpoint_may_be_a_run_folder(tmp_path, capsys):
 def test_cached_generation_under_autocast_hands_attention_one_dtype():
     """Under autocast the q/k/v projection runs in the autocast dtype; a cache kept in the weights' fp32 gave
     the Triton attention fp16 queries with fp32 cached keys (TypeError: q, k, v must share a dtype)."""
-    if reason := triton_skip_reason():
-        pytest.skip(reason)
     model = tiny_model(n_layers=1)
     model.set_backend("triton")
     prompt = torch.randint(0, 61, (1, 5), device=DEVICE)
