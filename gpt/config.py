@@ -198,8 +198,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
 def merge(cfg: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out = {t: dict(v) for t, v in cfg.items()}
     for table, values in overrides.items():
+        source = out.get(table, {}).get("__file__")
         out.setdefault(table, {}).update(values)
-        out[table]["__file__"] = "--set"
+        out[table]["__file__"] = f"{source} with --set" if source else "--set"  # errors name both sources
     return out
 
 

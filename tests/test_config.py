@@ -72,3 +72,10 @@ def test_int_accepted_for_float_and_construction_checks(tmp_path):
         GPTConfig(backend="cuda")
     with pytest.raises(ConfigError, match="drop_rate"):
         GPTConfig(drop_rate=1.5)
+
+
+def test_errors_after_overrides_still_name_the_file(tmp_path):
+    p = tmp_path / "small.toml"
+    p.write_text('[model]\nn_layers = "two"\n')
+    with pytest.raises(ConfigError, match=r"n_layers.*small\.toml with --set"):
+        load_model_config(p, ["model.drop_rate=0.1"])
