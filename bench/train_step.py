@@ -10,7 +10,7 @@ Providers:
 A compiled model is built once per provider with the batch dimension marked dynamic, so the micro-batch
 sizes share one compile. On CUDA every step runs under bf16 autocast with TF32 matmuls and fused AdamW, as
 nanoGPT trains. Reported: ms per step, tokens/s, MFU (FLOPs per token from ANCHORS: 6N + 12*L*H*Q*T,
-over the GPU's datasheet bf16 peak from `PEAK_BF16_TFLOPS`; none where the card is not in the table), the
+over the GPU's datasheet bf16 peak from `gpt.flops`; none where the card is not in the table), the
 same rate as a fraction of the matmul ceiling measured on this card, and peak memory (weights, gradients
 and optimizer state included).
 """
@@ -25,35 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from bench import harness
+from gpt import flops
 from gpt.config import GPTConfig, load_model_config
 from gpt.model import GPT
 
 TRAIN_PROVIDERS = ("eager", "torch", "torch-compile", "triton", "triton-compile")
-
-# Dense bf16 tensor-core peak per GPU, TFLOP/s, from the vendor datasheets; first substring match wins.
-PEAK_BF16_TFLOPS = (
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H200", 989.0),
-    ("H100", 989.0),  # SXM
-    ("A100", 312.0),
-    ("L40S", 362.0),
-    ("L4", 121.0),
-)
-
-
-def peak_tflops(gpu_name: str) -> float | None:
-    for key, tflops in PEAK_BF16_TFLOPS:
-        if key.lower() in gpu_name.lower():
-            return tflops
-    return None
-
-
-def flops_per_token(model: GPT, seq_len: int) -> float:
-    """6N + 12*L*H*Q*T (nanoGPT's estimate, PaLM appendix B), N without the position embedding."""
-    cfg = model.config
-    n = model.num_params(non_embedding=True)
-    return 6 * n + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
 
 
 class NativeOps:
@@ -123,9 +99,9 @@ def run_train(
     device = env.device
     cuda = device.type == "cuda"
     dtype_label = "bf16-autocast" if cuda else "fp32"
-    peak = peak_tflops(env.gpu) if cuda else None
+    peak = flops.peak_bf16_flops(env.gpu) if cuda else None
     if cuda and peak is None:
-        notes.append(f"train_step: no datasheet peak for {env.gpu!r} in PEAK_BF16_TFLOPS; MFU left out")
+        notes.append(f"train_step: no datasheet peak for {env.gpu!r} in gpt.flops; MFU left out")
     matmul = ceilings.get("matmul")
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -147,7 +123,7 @@ def run_train(
         harness.free_memory(device)
         model, gpt = build(cfg, provider, device)  # one model per provider: compiled once for every batch size
         opt = torch.optim.AdamW(gpt.parameters(), lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95), fused=cuda or None)
-        fpt = flops_per_token(gpt, seq_len)
+        fpt = flops.flops_per_token(gpt, seq_len)
         for bsz in batch_sizes:
             label = f"{cfg_name} B{bsz}xT{seq_len}"
             if time.monotonic() > deadline:
@@ -166,7 +142,7 @@ def run_train(
             tokens_s[provider, bsz] = tps
             out = {"ms": t.median_ms, "ms_p20": t.p20_ms, "ms_p80": t.p80_ms, "tokens/s": tps}
             if peak is not None:
-                out["mfu"] = tps * fpt / (peak * 1e12)
+                out["mfu"] = flops.mfu(tps, fpt, peak)
             if matmul is not None:
                 out["frac_ceiling"] = tps * fpt / (matmul.value * 1e12)
             if mem is not None:

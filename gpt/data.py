@@ -28,9 +28,7 @@ import importlib.metadata
 import os
 import re
 import struct
-import sys
 import sysconfig
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -353,46 +351,3 @@ def iter_document(path: Path, markdown: bool, errors: str = "strict") -> Iterato
         yield markdown_to_text("".join(iter_text(path, errors)))
     else:
         yield from iter_text(path, errors)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Progress
-
-
-class Progress:
-    """A one-line progress bar on stderr: redrawn in place on a terminal, a line every ~10% otherwise."""
-
-    def __init__(self, total: float, label: str, unit: str = "", enabled: bool = True, scale: float = 1.0) -> None:
-        self.total, self.label, self.unit, self.scale = total, label, unit, scale
-        self.enabled = enabled
-        self.tty = sys.stderr.isatty()
-        self.t0 = time.perf_counter()
-        self.done = 0.0
-        self._last = 0.0
-        self._last_decile = -1
-
-    def update(self, n: float, extra: str = "") -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        frac = self.done / self.total if self.total else 1.0
-        decile = int(frac * 10)
-        if self.tty and now - self._last < 0.1 and frac < 1.0:
-            return
-        if not self.tty and decile == self._last_decile:
-            return
-        self._last, self._last_decile = now, decile
-        width = 30
-        bar = "#" * int(width * min(frac, 1.0))
-        rate = self.done * self.scale / max(now - self.t0, 1e-9)
-        line = (
-            f"{self.label} [{bar:<{width}}] {100 * frac:5.1f}% "
-            f"{self.done * self.scale:,.1f}/{self.total * self.scale:,.1f} {self.unit} "
-            f"({rate:,.1f} {self.unit}/s){extra}"
-        )
-        print(("\r" if self.tty else "") + line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            print(file=sys.stderr, flush=True)

@@ -26,7 +26,6 @@ from gpt.config import KNOWN_TABLES, ConfigError, from_dict, load_toml, merge, p
 from gpt.data import (
     CORPORA,
     DataError,
-    Progress,
     TokenWriter,
     input_files,
     iter_document,
@@ -34,6 +33,7 @@ from gpt.data import (
     shakespeare_files,
     token_dtype,
 )
+from gpt.progress import Meter
 from gpt.tokenizer import CharTokenizer, TokenizerError, get_tokenizer
 
 SPLIT_BLOCK = 1 << 20  # characters per split piece
@@ -91,7 +91,7 @@ def split_point(text: str, val_fraction: float) -> int:
     return cut
 
 
-def pieces(files: list[Path], markdown: bool, errors: str, progress: Progress | None) -> Iterator[tuple[str, bool]]:
+def pieces(files: list[Path], markdown: bool, errors: str, progress: Meter | None) -> Iterator[tuple[str, bool]]:
     """(text, starts_document) pieces of at most ~SPLIT_BLOCK characters, cut at line ends."""
     for path in files:
         buf = ""
@@ -139,7 +139,7 @@ def prepare(cfg: DataConfig, out_dir: str | Path | None = None, quiet: bool = Fa
     writers = {name: TokenWriter(out / f"{name}.bin", dtype) for name in ("train", "val")}
     chars = {"train": 0, "val": 0}
     show = not quiet and total_bytes >= PROGRESS_MIN_BYTES
-    progress = Progress(total_bytes, f"prepare {out.name}", "MB", enabled=show, scale=1e-6)
+    progress = Meter(total_bytes, f"prepare {out.name}", "MB", enabled=show, scale=1e-6)
     try:
         n_docs = 0
         for text, starts_doc in pieces(files, markdown, cfg.errors, progress):

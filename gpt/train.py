@@ -22,7 +22,7 @@ bit-identical to one that never stopped. Ctrl-C (or SIGTERM) finishes the curren
 A step whose loss or gradient norm is not finite is skipped (the weights are not touched); after
 `max_bad_steps` of them in a row the run stops with an error.
 
-Limits: MFU is reported against the dense bf16 peak of the GPUs in `PEAK_BF16_FLOPS`; on CPU and on
+Limits: MFU is reported against the dense bf16 peak of the GPUs in `gpt.flops`; on CPU and on
 unknown GPUs it is left out. A resumed DDP run restores each rank's RNG only when the world size is the same.
 """
 
@@ -35,7 +35,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import signal
 import sys
@@ -62,8 +61,11 @@ from gpt.checkpoint import (
 )
 from gpt.config import KNOWN_TABLES, ConfigError, GPTConfig, check_fields, load_toml, merge, parse_overrides, section
 from gpt.data import DataError, WindowSampler, open_tokens
+from gpt.flops import device_peak_flops, flops_per_token, mfu
+from gpt.generate import generate
 from gpt.model import GPT
 from gpt.prepare import DataConfig, load_meta
+from gpt.progress import ProgressLine, bar, fmt_rate, fmt_time
 from gpt.tokenizer import TokenizerError, tokenizer_from_dict
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -166,39 +168,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def flops_per_token(model: GPT) -> float:
-    """Training FLOPs per token (PaLM appendix B, as in nanoGPT): 6 N + 12 L C T, N without wpe."""
-    c = model.config
-    return 6 * model.num_params(non_embedding=True) + 12 * c.n_layers * c.emb_dim * c.context_length
-
-
-# Dense bf16 tensor-core peak in FLOP/s, from the vendors' datasheets; the first pattern that matches the
-# device name wins (so put the specific before the general).
-PEAK_BF16_FLOPS: list[tuple[str, float]] = [
-    (r"H100.*PCIe", 756e12),
-    (r"H100.*NVL", 835e12),
-    (r"H100|H200|H800", 989e12),
-    (r"B200", 2250e12),
-    (r"A100|A800", 312e12),
-    (r"L40S", 362e12),
-    (r"L40\b", 181e12),
-    (r"\bL4\b", 121e12),
-    (r"\bA10\b", 125e12),
-    (r"RTX 4090", 165e12),
-    (r"RTX 3090", 71e12),
-]
-
-
-def peak_flops_for_name(name: str) -> float | None:
-    """Peak dense bf16 FLOP/s of a GPU by its CUDA device name, or None when it is not in the table."""
-    return next((peak for pattern, peak in PEAK_BF16_FLOPS if re.search(pattern, name)), None)
-
-
-def peak_flops(device: torch.device) -> float | None:
-    """Peak bf16 FLOP/s of the GPU `device`, or None (CPU, unknown GPU)."""
-    return peak_flops_for_name(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Processes
 
@@ -234,87 +203,6 @@ def setup_distributed(device_pref: str) -> tuple[Dist, torch.device]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Sampling (a plain loop: the full context is re-run for every token; fine for a few hundred tokens)
-
-
-@torch.no_grad()
-def sample_text(
-    model: GPT,
-    tok,
-    prompt: str,
-    n_tokens: int,
-    temperature: float,
-    top_k: int,
-    generator: torch.Generator,
-    autocast=contextlib.nullcontext,
-) -> str:
-    device = next(model.parameters()).device
-    try:
-        ids = tok.encode(prompt) if prompt else []
-    except TokenizerError:
-        ids = []
-    if not ids:
-        ids = [tok.eot_id if tok.eot_id is not None else 0]
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    was_training = model.training
-    model.eval()
-    T = model.config.context_length
-    for _ in range(n_tokens):
-        with autocast():
-            logits = model(idx[:, -T:])[0][:, -1, :].float()  # (1, vocab)
-        if temperature <= 0:
-            nxt = logits.argmax(dim=-1, keepdim=True)
-        else:
-            logits = logits / temperature
-            if top_k:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
-        idx = torch.cat([idx, nxt], dim=1)
-    model.train(was_training)
-    return tok.decode(idx[0, len(ids) :].tolist())
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Progress line
-
-
-class ProgressLine:
-    """Redrawn in place on a terminal; elsewhere printed every `log_interval` steps."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.tty = sys.stdout.isatty()
-        self.open = False
-
-    def update(self, text: str, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        if self.tty:
-            print("\r" + text + "\x1b[K", end="", flush=True)
-            self.open = True
-        elif force:
-            print(text, flush=True)
-
-    def print(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.open:
-            print(flush=True)
-            self.open = False
-        print(text, flush=True)
-
-
-def _fmt_time(s: float) -> str:
-    s = int(max(s, 0))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
-def _fmt_rate(r: float) -> str:
-    return f"{r / 1e6:.2f}M" if r >= 1e6 else f"{r / 1e3:.1f}K" if r >= 1e3 else f"{r:.0f}"
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The trainer
 
 
@@ -331,7 +219,7 @@ class Trainer:
         self.cfg, self.data_cfg = cfg, data_cfg
         self.dist, self.device = setup_distributed(cfg.device)
         self.verbose = verbose and self.dist.master
-        self.progress = ProgressLine(self.verbose)
+        self.progress = ProgressLine(self.verbose, sys.stdout)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -402,7 +290,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.fwd = DDP(self.fwd, device_ids=ids)
         self.flops_per_token = flops_per_token(self.model)
-        self.peak = peak_flops(self.device)
+        self.peak = device_peak_flops(self.device)
         self._stop_requested = False  # set by the signal handler, on this rank only
         self._stop_agreed = False  # some rank had a stop request at the last step's all-reduce
         self._time_up = False  # set when max_time_s has passed; agreed on by all ranks in train_step
@@ -571,7 +459,6 @@ class Trainer:
         self.step += 1
         dt = time.perf_counter() - t0
         tps = self.tokens_per_step / dt
-        mfu = tps * self.flops_per_token / (self.peak * self.dist.world_size) if self.peak else None
         return {
             "step": self.step,
             "loss": loss_val,
@@ -580,7 +467,7 @@ class Trainer:
             "skipped": not ok,
             "dt": dt,
             "tokens_per_s": tps,
-            "mfu": mfu,
+            "mfu": mfu(tps, self.flops_per_token, self.peak, self.dist.world_size),
         }
 
     # ------------------------------------------------------------------ evaluation
@@ -601,17 +488,26 @@ class Trainer:
         return (total[0] / total[1].clamp(min=1)).item()
 
     def sample(self, n_tokens: int) -> str:
+        """`n_tokens` sampled after `sample_prompt` through `gpt.generate` (KV cache), seeded by seed and step."""
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + self.step)
-        return sample_text(
-            self.model,
-            self.tok,
-            self.cfg.sample_prompt,
-            n_tokens,
-            self.cfg.temperature,
-            self.cfg.top_k,
-            gen,
-            self.autocast,
-        )
+        try:
+            ids = self.tok.encode(self.cfg.sample_prompt) if self.cfg.sample_prompt else []
+        except TokenizerError:
+            ids = []
+        if not ids:
+            ids = [self.tok.eot_id if self.tok.eot_id is not None else 0]
+        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
+        with self.autocast():
+            out = generate(
+                self.model,
+                idx,
+                n_tokens,
+                temperature=self.cfg.temperature,
+                top_k=self.cfg.top_k or None,
+                generator=gen,
+                vocab_size=self.tok.vocab_size,
+            )
+        return self.tok.decode(out[0, len(ids) :].tolist())
 
     def eval_and_log(self) -> float:
         t0 = time.perf_counter()
@@ -708,7 +604,7 @@ class Trainer:
                     now = time.perf_counter()
                     tps = window_tokens / max(now - window_t, 1e-9)
                     window_t, window_tokens = now, 0
-                    mfu = tps * self.flops_per_token / (self.peak * self.dist.world_size) if self.peak else None
+                    step_mfu = mfu(tps, self.flops_per_token, self.peak, self.dist.world_size)
                     self.record(
                         {
                             "kind": "train",
@@ -717,13 +613,13 @@ class Trainer:
                             "lr": s["lr"],
                             "grad_norm": s["grad_norm"],
                             "tokens_per_s": tps,
-                            "mfu": mfu,
+                            "mfu": step_mfu,
                             "tokens": self.step * self.tokens_per_step,
                             "time_s": elapsed,
                             **self._memory(),
                         }
                     )
-                    s["tokens_per_s"], s["mfu"] = tps, mfu
+                    s["tokens_per_s"], s["mfu"] = tps, step_mfu
                 self._show(s, elapsed, step0)
                 if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.step < self.max_steps:
                     self.eval_and_log()
@@ -741,7 +637,7 @@ class Trainer:
             self.save()
             total = time.perf_counter() - t_start
             self.log(
-                f"done: step {self.step}, val loss {self.last_val:.4f}, {_fmt_time(total)} "
+                f"done: step {self.step}, val loss {self.last_val:.4f}, {fmt_time(total)} "
                 f"({tokens_seen / max(total, 1e-9):,.0f} tokens/s overall); run folder {self.run_dir}"
             )
             if self.dist.master and cfg.final_sample_tokens:
@@ -763,17 +659,15 @@ class Trainer:
     def _show(self, s: dict[str, Any], elapsed: float, step0: int) -> None:
         done = self.step - step0
         left = (self.max_steps - self.step) * elapsed / max(done, 1)
-        width = 20
-        filled = int(width * self.step / max(self.max_steps, 1))
         parts = [
-            f"step {self.step}/{self.max_steps} [{'#' * filled}{'.' * (width - filled)}]",
+            f"step {self.step}/{self.max_steps} {bar(self.step / max(self.max_steps, 1))}",
             f"loss {s['loss']:.4f}",
             f"lr {s['lr']:.2e}",
-            f"{_fmt_rate(s['tokens_per_s'])} tok/s",
+            f"{fmt_rate(s['tokens_per_s'])} tok/s",
         ]
         if s["mfu"] is not None:
             parts.append(f"MFU {100 * s['mfu']:.1f}%")
-        parts.append(f"{_fmt_time(elapsed)} elapsed, {_fmt_time(left)} left")
+        parts.append(f"{fmt_time(elapsed)} elapsed, {fmt_time(left)} left")
         self.progress.update(" | ".join(parts), force=self.step % self.cfg.log_interval == 0)
 
 
