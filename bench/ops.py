@@ -1,9 +1,9 @@
 """Per-op benchmark cases: inputs, the function each provider runs, FLOP/byte counts and the sweeps.
 
 Providers:
-    triton   our kernels (`kernels.<op>`)
-    eager    the from-scratch PyTorch reference (`kernels.reference.<op>`)
-    torch    torch's native op: F.layer_norm, F.gelu(approximate="tanh"), F.scaled_dot_product_attention
+    triton   our kernels (`kernels.implementation("triton")`)
+    eager    the from-scratch PyTorch reference (`kernels.implementation("reference")`)
+    torch    torch's native ops (`kernels.implementation("native")`): F.layer_norm, F.gelu, SDPA
     compile  torch.compile of the eager reference (static shapes)
 
 Modes: "fwd" (a training forward: inputs require grad, so saved statistics are part of the cost), "bwd"
@@ -22,10 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+import kernels
 from bench import harness
-from kernels import reference
 
 PROVIDERS = ("triton", "eager", "torch", "compile")
 MODES = ("fwd", "bwd", "fwd+bwd")
@@ -36,31 +35,6 @@ GPT2_WIDTHS = (768, 1024, 1280, 1600)  # 124M, 355M, 774M, 1558M
 
 class Unavailable(Exception):
     """A provider that cannot run here (the Triton kernels on a CPU without --interpret); the message says why."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Native torch versions: what a PyTorch user writes today.
-
-
-def _native_layer_norm(x, weight, bias, eps=1e-5):
-    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
-
-
-def _native_add_layer_norm(x, residual, weight, bias, eps=1e-5):
-    s = x + residual
-    return F.layer_norm(s, (s.shape[-1],), weight, bias, eps), s
-
-
-def _native_gelu(x):
-    return F.gelu(x, approximate="tanh")
-
-
-def _native_bias_gelu(x, bias):
-    return F.gelu(x + bias, approximate="tanh")
-
-
-def _native_attention(q, k, v, causal=True, dropout_p=0.0, scale=None):
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, scale=scale)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -129,7 +103,6 @@ class OpSpec:
     ceiling: str  # which measured ceiling the unit is a fraction of: "copy" or "matmul"
     make: Callable[[dict, torch.dtype, torch.device, torch.Generator], Args]
     work: Callable[[dict, int, str], float]  # (shape, element size, mode) -> bytes or FLOPs
-    native: Callable
 
     def label(self, s: dict) -> str:
         if "rows" in s:
@@ -142,7 +115,7 @@ class OpSpec:
 
 
 SPECS = {
-    "layer_norm": OpSpec("layer_norm", "GB/s", "copy", _make_layer_norm, _layer_norm_bytes, _native_layer_norm),
+    "layer_norm": OpSpec("layer_norm", "GB/s", "copy", _make_layer_norm, _layer_norm_bytes),
     "add_layer_norm": OpSpec(
         "add_layer_norm",
         "GB/s",
@@ -150,20 +123,16 @@ SPECS = {
         _make_add_layer_norm,
         # fwd reads a residual and writes the sum; bwd reads dsum and writes one dx (dx == dresidual).
         lambda s, es, mode: _layer_norm_bytes(s, es, mode, extra_in=1, extra_out=1, bwd_in=1),
-        _native_add_layer_norm,
     ),
-    "gelu": OpSpec("gelu", "GB/s", "copy", _make_gelu, _gelu_bytes, _native_gelu),
+    "gelu": OpSpec("gelu", "GB/s", "copy", _make_gelu, _gelu_bytes),
     "bias_gelu": OpSpec(
         "bias_gelu",
         "GB/s",
         "copy",
         _make_bias_gelu,
         lambda s, es, m: _gelu_bytes(s, es, m, bias=True),
-        _native_bias_gelu,
     ),
-    "attention": OpSpec(
-        "attention", "TFLOP/s", "matmul", _make_attention, lambda s, es, m: attention_flops(s, m), _native_attention
-    ),
+    "attention": OpSpec("attention", "TFLOP/s", "matmul", _make_attention, lambda s, es, m: attention_flops(s, m)),
 }
 
 
@@ -199,20 +168,18 @@ def sweep(op: str, scale: str) -> list[dict]:
 def provider_fn(op: str, provider: str, device: torch.device) -> Callable:
     """The callable `provider` runs for `op`; raises Unavailable with the reason where it cannot run here."""
     if provider == "eager":
-        return getattr(reference, op)
+        return getattr(kernels.implementation("reference"), op)
     if provider == "torch":
-        return SPECS[op].native
+        return getattr(kernels.implementation("native"), op)
     if provider == "compile":
         torch._dynamo.reset()  # a fresh cache per case: static shapes, no recompile limit
-        return torch.compile(getattr(reference, op), dynamic=False)
+        return torch.compile(getattr(kernels.implementation("reference"), op), dynamic=False)
     if provider == "triton":
         from kernels._common import interpreter_enabled
 
         if device.type != "cuda" and not interpreter_enabled():
             raise Unavailable("no CUDA GPU here; pass --interpret to run the kernels in Triton's CPU interpreter")
-        import kernels
-
-        return getattr(kernels, op)
+        return getattr(kernels.implementation("triton"), op)
     raise ValueError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
 
 

@@ -2,7 +2,7 @@
 
 Providers:
     eager            the from-scratch model on the reference ops (backend "torch")
-    torch            the same model with torch's native ops swapped in: F.layer_norm, F.gelu, SDPA
+    torch            the same model on torch's native ops (backend "native": F.layer_norm, F.gelu, SDPA)
     torch-compile    that, under torch.compile: the nanoGPT-style baseline
     triton           the model on our kernels (backend "triton")
     triton-compile   that, under torch.compile
@@ -22,7 +22,6 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 
 from bench import harness
 from gpt import flops
@@ -32,46 +31,13 @@ from gpt.model import GPT
 TRAIN_PROVIDERS = ("eager", "torch", "torch-compile", "triton", "triton-compile")
 
 
-class NativeOps:
-    """The `Ops` interface on torch's native ops, for the nanoGPT-style baseline; the model is not edited."""
-
-    backend = "native"
-
-    def layer_norm(self, x, weight, bias, eps):
-        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
-
-    def add_layer_norm(self, x, residual, weight, bias, eps):
-        s = x + residual
-        return F.layer_norm(s, (s.shape[-1],), weight, bias, eps), s
-
-    def gelu(self, x):
-        return F.gelu(x, approximate="tanh")
-
-    def bias_gelu(self, x, bias):
-        return F.gelu(x + bias, approximate="tanh")
-
-    def attention(self, q, k, v, causal=True, dropout_p=0.0, scale=None):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, scale=scale)
-
-
-def use_native_ops(model: GPT) -> GPT:
-    """Point every layer that holds the shared `ops` at `NativeOps` instead."""
-    native = NativeOps()
-    for module in model.modules():
-        if hasattr(module, "ops"):
-            module.ops = native
-    return model
-
-
 def build(cfg: GPTConfig, provider: str, device: torch.device):
     """(model to call, the GPT underneath) for `provider`."""
     if provider not in TRAIN_PROVIDERS:
         raise ValueError(f"unknown train provider {provider!r}; choose from {', '.join(TRAIN_PROVIDERS)}")
     base = provider.split("-")[0]
-    cfg = GPTConfig(**{**vars(cfg), "backend": "triton" if base == "triton" else "torch"})
-    model = GPT(cfg).to(device)
-    if base == "torch":
-        use_native_ops(model)
+    backend = {"eager": "torch", "torch": "native", "triton": "triton"}[base]
+    model = GPT(GPTConfig(**{**vars(cfg), "backend": backend})).to(device)
     model.train()
     if provider.endswith("-compile"):
         torch._dynamo.reset()

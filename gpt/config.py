@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-Backend = Literal["auto", "torch", "triton"]
+Backend = Literal["auto", "torch", "native", "triton"]
 NormPlacement = Literal["pre", "post"]
 
 
@@ -41,7 +41,7 @@ class GPTConfig:
     tie_weights: bool = True  # LM head shares the token embedding matrix
     norm_placement: NormPlacement = "pre"  # "pre": x + f(ln(x)) (GPT-2); "post": ln(x + f(x)) (original Transformer)
     ln_eps: float = 1e-5
-    backend: Backend = "auto"  # "torch": reference ops; "triton": Triton kernels; "auto": kernels on CUDA tensors
+    backend: Backend = "auto"  # "torch": reference; "native": torch's fused ops; "triton": ours; "auto": see gpt/ops.py
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import torch
 
 from gpt.model import GPT, KVCache
+from gpt.ops import BACKENDS
 
 # ---------------------------------------------------------------------------------------------------------
 # Sampling
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="seed for sampling; the same seed gives the same text")
     ap.add_argument("--num-samples", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--backend", choices=["auto", "torch", "triton"], default=None, help="default: the model's")
+    ap.add_argument("--backend", choices=BACKENDS, default=None, help="layer implementation (default: the model's)")
     ap.add_argument("--no-cache", action="store_true", help="re-encode the whole sequence at every step")
     args = ap.parse_args(argv)
 

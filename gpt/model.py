@@ -1,7 +1,8 @@
 """GPT-2 from scratch: embeddings, stacked transformer blocks, final LayerNorm and a language-model head.
 
-No torch.nn.LayerNorm, GELU, MultiheadAttention or Transformer: the layer math is `kernels.reference`
-(backend "torch") or the Triton kernels (backend "triton"), picked by `GPTConfig.backend` through `Ops`.
+No torch.nn.LayerNorm, GELU, MultiheadAttention or Transformer: the layer math is one implementation of
+`kernels` -- the from-scratch reference (backend "torch"), torch's fused ops ("native"), our Triton kernels
+("triton"), or "auto" (Triton on CUDA, native elsewhere) -- picked by `GPTConfig.backend` through `Ops`.
 
     from gpt.config import load_model_config
     from gpt.model import GPT

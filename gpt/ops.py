@@ -1,7 +1,13 @@
-"""Which implementation of the fused layers a model runs: the PyTorch reference or the Triton kernels.
+"""Which implementation of the layers a model runs, by its `GPTConfig.backend` name.
 
-`backend="torch"` always uses `kernels.reference`; `"triton"` always uses the Triton kernels; `"auto"`
-uses the kernels for CUDA tensors and the reference elsewhere, decided per call from the input's device.
+| backend  | implementation (`kernels.implementation`)                                        |
+|----------|----------------------------------------------------------------------------------|
+| `torch`  | `reference`: the from-scratch PyTorch layers, for reading and checking            |
+| `native` | `native`: torch's fused ops (F.layer_norm, F.gelu, SDPA), the nanoGPT-style model |
+| `triton` | `triton`: our kernels                                                              |
+| `auto`   | the fastest that runs where the tensors are: `triton` on CUDA, `native` elsewhere |
+
+`auto` decides per call from the input's device, so a model moved between CPU and GPU keeps working.
 """
 
 from __future__ import annotations
@@ -9,35 +15,36 @@ from __future__ import annotations
 import types
 
 import kernels
-import kernels.reference as reference
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "native", "triton")
+_IMPLEMENTATION = {"torch": "reference", "native": "native", "triton": "triton"}
 
 
 class Ops:
-    """layer_norm, add_layer_norm, gelu, bias_gelu and attention for one backend."""
+    """The layer functions of one backend, each with the signature of `kernels.reference`."""
 
     def __init__(self, backend: str) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.backend = backend
 
-    def _impl(self, x) -> types.ModuleType:
-        if self.backend == "torch" or (self.backend == "auto" and not x.is_cuda):
-            return reference
-        return kernels
+    def implementation(self, x) -> types.ModuleType:
+        """The `kernels` module that runs a call whose first tensor is `x`."""
+        if self.backend == "auto":
+            return kernels.implementation("triton" if x.is_cuda else "native")
+        return kernels.implementation(_IMPLEMENTATION[self.backend])
 
     def layer_norm(self, x, weight, bias, eps):
-        return self._impl(x).layer_norm(x, weight, bias, eps)
+        return self.implementation(x).layer_norm(x, weight, bias, eps)
 
     def add_layer_norm(self, x, residual, weight, bias, eps):
-        return self._impl(x).add_layer_norm(x, residual, weight, bias, eps)
+        return self.implementation(x).add_layer_norm(x, residual, weight, bias, eps)
 
     def gelu(self, x):
-        return self._impl(x).gelu(x)
+        return self.implementation(x).gelu(x)
 
     def bias_gelu(self, x, bias):
-        return self._impl(x).bias_gelu(x, bias)
+        return self.implementation(x).bias_gelu(x, bias)
 
     def attention(self, q, k, v, causal=True, dropout_p=0.0, scale=None):
-        return self._impl(q).attention(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)
+        return self.implementation(q).attention(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)

@@ -3,6 +3,7 @@
     gpt verify                      full grid on the GPU (fp16, bf16, fp32)
     gpt verify --quick              small shapes, fp32 and fp16, on the CPU through Triton's interpreter
     gpt verify --quick --ops gelu,layer_norm
+    gpt verify --impl native        torch's own ops (F.layer_norm, F.gelu, SDPA) under the same rule
 
 The rule, per output and per input gradient: against a higher-precision reference (fp64 for fp32 inputs,
 fp32 for fp16/bf16), the kernel's max error must be at most 2x the same-precision reference's max error for
@@ -174,15 +175,7 @@ class Case:
     grad_names: tuple[str, ...]
 
 
-OPS = ("layer_norm", "add_layer_norm", "gelu", "bias_gelu", "attention")
-# op -> (module holding the Triton op, its reference in kernels.reference)
-SOURCES = {
-    "layer_norm": ("kernels.layer_norm", "layer_norm"),
-    "add_layer_norm": ("kernels.layer_norm", "add_layer_norm"),
-    "gelu": ("kernels.gelu", "gelu"),
-    "bias_gelu": ("kernels.gelu", "bias_gelu"),
-    "attention": ("kernels.attention", "attention"),
-}
+OPS = ("layer_norm", "add_layer_norm", "gelu", "bias_gelu", "attention")  # kernels.OPS
 
 
 def _shape_str(shape: Iterable[int]) -> str:
@@ -231,15 +224,16 @@ def build_cases(op: str, quick: bool, dtypes: Sequence[torch.dtype], device: tor
     return cases
 
 
-def resolve(op: str) -> tuple[Callable[..., Any] | None, Callable[..., Any], str]:
-    """(kernel function or None, reference function, why the kernel is unavailable)."""
-    module_name, attr = SOURCES[op]
-    reference = importlib.import_module("kernels.reference")
+def resolve(op: str, impl: str = "triton") -> tuple[Callable[..., Any] | None, Callable[..., Any], str]:
+    """(function of implementation `impl` or None, reference function, why the implementation is unavailable)."""
+    import kernels
+
+    reference = getattr(kernels.implementation("reference"), op)
     try:
-        kernel = getattr(importlib.import_module(module_name), attr)
+        fn = getattr(kernels.implementation(impl), op)
     except (ImportError, AttributeError) as e:
-        return None, getattr(reference, attr), f"not available ({e})"
-    return kernel, getattr(reference, attr), ""
+        return None, reference, f"not available ({e})"
+    return fn, reference, ""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -263,8 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small shapes, fp32/fp16, CPU through Triton's interpreter")
     ap.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--impl", choices=("triton", "native"), default="triton", help="implementation checked against the reference"
+    )
     args = ap.parse_args(argv)
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    if not ops:
+        ap.error(f"--ops names no op; choose from {', '.join(OPS)}")
     unknown = [o for o in ops if o not in OPS]
     if unknown:
         ap.error(f"unknown op(s) {', '.join(unknown)}; choose from {', '.join(OPS)}")
@@ -279,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu" if quick else "cuda")
     dtypes = [torch.float32, torch.float16] if quick else [torch.float16, torch.bfloat16, torch.float32]
 
-    print(f"gpt verify: {'quick, CPU (Triton interpreter)' if quick else torch.cuda.get_device_name(device)}, "
+    print(f"gpt verify: {args.impl} vs reference, "
+          f"{'quick, CPU (Triton interpreter)' if quick else torch.cuda.get_device_name(device)}, "
           f"torch {torch.__version__}, seed {args.seed}")  # fmt: skip
     print(HEADER)
     n_checks = n_failed = 0
@@ -287,9 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     previous_poison = common.POISON_OUTPUTS
     try:
         for op in ops:
-            kernel, reference, unavailable = resolve(op)
-            if kernel is None:
-                print(f"{op:<15} {'-':<16} {'-':<5} {'-':<9} {'':>10} {'':>10} {'':>7}  {unavailable}")
+            kernel, reference, unavailable = resolve(op, args.impl)
+            if kernel is None:  # a missing implementation is a failure, never a silent pass
+                n_failed += 1
+                print(f"{op:<15} {'-':<16} {'-':<5} {'-':<9} {'':>10} {'':>10} {'':>7}  FAIL: {unavailable}")
                 continue
             for case in build_cases(op, quick, dtypes, device, args.seed):
                 common.POISON_OUTPUTS = True

@@ -1,16 +1,37 @@
-"""Triton kernels for GPT-2's attention, LayerNorm and GELU, each with its pure-PyTorch reference.
+"""GPT-2's layers, each op in three implementations with the same signatures, chosen by name.
 
-    from kernels import attention, layer_norm, add_layer_norm, gelu, bias_gelu   # Triton, autograd-aware
-    from kernels.reference import attention, layer_norm, gelu                    # the oracle
+    import kernels
+    ops = kernels.implementation("triton")      # or "reference" (the oracle), "native" (torch's fused ops)
+    y = ops.layer_norm(x, weight, bias, 1e-5)
+    y = ops.attention(q, k, v, causal=True, dropout_p=0.1)
 
-To run the kernels on CPU tensors (Triton's interpreter), set `TRITON_INTERPRET=1` before importing any
-`kernels` module: Triton decides interpreter or compiler when a kernel is defined. The op modules share
-their names with the functions they define, so reach a module itself through
-`importlib.import_module("kernels.attention")`.
+| name        | module                | what it is                                                        |
+|-------------|-----------------------|-------------------------------------------------------------------|
+| `reference` | `kernels.reference`   | from scratch in PyTorch: the correctness oracle                   |
+| `native`    | `kernels.native`      | torch's own ops (F.layer_norm, F.gelu, SDPA): the nanoGPT baseline |
+| `triton`    | `kernels.triton_ops`  | our Triton kernels, autograd-aware, `torch.compile`-traceable     |
+
+Each module defines the same functions with the same signatures (`OPS`, checked by the tests). The op files
+(`kernels/attention.py`, `layer_norm.py`, `gelu.py`) each hold one op's Triton kernels beside its
+reference. Modules are imported when first asked for, so `TRITON_INTERPRET=1` (Triton's CPU interpreter)
+can still be set after `import kernels` as long as no implementation was imported yet.
 """
 
-from kernels.attention import attention
-from kernels.gelu import bias_gelu, gelu
-from kernels.layer_norm import add_layer_norm, layer_norm
+from __future__ import annotations
 
-__all__ = ["add_layer_norm", "attention", "bias_gelu", "gelu", "layer_norm"]
+import importlib
+import types
+
+IMPLEMENTATIONS = ("reference", "native", "triton")
+OPS = ("layer_norm", "add_layer_norm", "gelu", "bias_gelu", "attention")
+
+_MODULES = {"reference": "kernels.reference", "native": "kernels.native", "triton": "kernels.triton_ops"}
+
+
+def implementation(name: str) -> types.ModuleType:
+    """The module holding implementation `name` ("reference", "native" or "triton") of every op in `OPS`."""
+    try:
+        module = _MODULES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown implementation {name!r}; choose one of {', '.join(IMPLEMENTATIONS)}") from None
+    return importlib.import_module(module)

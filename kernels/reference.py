@@ -1,7 +1,7 @@
-"""The pure-PyTorch oracle for every op, under the public names.
+"""The pure-PyTorch oracle under the public names: the `reference` implementation.
 
-Tests, benchmarks, `gpt verify` and the model's `torch` backend all import these; each lives beside its
-Triton kernel in `kernels/<op>.py`.
+Written from scratch (no F.layer_norm, F.gelu or SDPA); each function lives beside its Triton kernel in
+`kernels/<op>.py`. Tests, `gpt verify`, the benchmarks and the model's `torch` backend all use these.
 """
 
 from kernels.attention import attention_ref as attention

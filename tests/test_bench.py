@@ -118,16 +118,11 @@ def test_rotation_and_shapes():
     assert t.p20_ms <= t.median_ms <= t.p80_ms and t.reps >= 5
 
 
-def test_native_ops_swap_keeps_the_model_equal():
-    from gpt.model import GPT
-
-    cfg = train_step.quick_config()
-    ref = GPT(train_step.GPTConfig(**{**vars(cfg), "backend": "torch"}))
-    native = GPT(train_step.GPTConfig(**{**vars(cfg), "backend": "torch"}))
-    native.load_state_dict(ref.state_dict())
-    train_step.use_native_ops(native)
-    idx = torch.randint(cfg.vocab_size, (2, 16))
-    torch.testing.assert_close(native(idx)[0], ref(idx)[0], atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("provider, backend", [("eager", "torch"), ("torch", "native"), ("triton", "triton")])
+def test_train_step_providers_build_the_model_on_their_backend(provider, backend):
+    """The baseline is the model itself on backend "native", not a patched copy."""
+    model, gpt = train_step.build(train_step.quick_config(), provider, torch.device("cpu"))
+    assert model is gpt and gpt.config.backend == backend and gpt.ops.backend == backend
 
 
 def test_decode_bench_writes_the_long_csv(tmp_path, monkeypatch, capsys):

@@ -1,0 +1,10 @@
+"""Our Triton kernels under the public names: the `triton` implementation (`kernels.implementation("triton")`).
+
+Each function lives, with its kernels and its reference, in the op's own file; see kernels/README.md.
+"""
+
+from kernels.attention import attention
+from kernels.gelu import bias_gelu, gelu
+from kernels.layer_norm import add_layer_norm, layer_norm
+
+__all__ = ["add_layer_norm", "attention", "bias_gelu", "gelu", "layer_norm"]
