@@ -195,6 +195,20 @@ def parse_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def add_set_argument(parser, tables: str = "TABLE") -> None:
+    """`--set TABLE.KEY=VALUE ...`, the same in every command: one or more pairs, and the flag may repeat
+    (`--set a.x=1 b.y=2 --set c.z=3`); the pairs land in `args.set` for `parse_overrides`."""
+    parser.add_argument(
+        "--set",
+        dest="set",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar=f"{tables}.KEY=VALUE",
+        help="override config keys (TOML values), e.g. train.max_steps=100 model.n_layers=2",
+    )
+
+
 def merge(cfg: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out = {t: dict(v) for t, v in cfg.items()}
     for table, values in overrides.items():

@@ -137,6 +137,18 @@ def open_tokens(path: str | Path) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER.size, shape=(count,))
 
 
+def open_split(data_dir: str | Path, split: str) -> list[np.ndarray]:
+    """The tokens of one split ("train" or "val") of a prepared data folder, as read-only arrays in order.
+
+    The one entry point for every reader of prepared data (training, evaluation): a folder written by
+    `gpt prepare` holds `<split>.bin`. DataError, naming the file, when it is missing or not a token file.
+    """
+    path = Path(data_dir) / f"{split}.bin"
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: prepare the data first (gpt prepare ... --out {data_dir})")
+    return [open_tokens(path)]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Windows
 

@@ -11,20 +11,25 @@ import time
 
 import torch
 
-from gpt.config import ConfigError, load_model_config
+from gpt.config import ConfigError, add_set_argument, load_model_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="gpt info", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--config", default="gpt2-124m", help="preset name (configs/NAME.toml) or path to a TOML file")
+    add_set_argument(ap, "model")
+    ap.add_argument("--forward", action="store_true", help="also run one forward pass on random tokens")
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="gpt info", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--config", default="gpt2-124m", help="preset name (configs/NAME.toml) or path to a TOML file")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE")
-    ap.add_argument("--forward", action="store_true", help="also run one forward pass on random tokens")
+    ap = build_parser()
     args = ap.parse_args(argv)
 
     from gpt.model import GPT
 
     try:
-        cfg = load_model_config(args.config, args.overrides)
+        cfg = load_model_config(args.config, args.set)
     except ConfigError as e:
         ap.exit(2, f"gpt info: {e}\n")
     with torch.device("meta"):  # counts without allocating: GPT-2 XL needs no 6 GB here

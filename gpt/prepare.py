@@ -22,7 +22,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpt.config import KNOWN_TABLES, ConfigError, from_dict, load_toml, merge, parse_overrides, section
+from gpt.config import (
+    KNOWN_TABLES,
+    ConfigError,
+    add_set_argument,
+    from_dict,
+    load_toml,
+    merge,
+    parse_overrides,
+    section,
+)
 from gpt.data import (
     CORPORA,
     DataError,
@@ -210,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: the config's data.dir)")
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--errors", choices=("strict", "replace"), help="what to do with bytes that are not UTF-8")
-    p.add_argument("--set", nargs="*", default=[], metavar="data.KEY=VALUE", help="override [data] keys")
+    add_set_argument(p, "data")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

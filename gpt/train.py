@@ -59,7 +59,17 @@ from gpt.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from gpt.config import KNOWN_TABLES, ConfigError, GPTConfig, check_fields, load_toml, merge, parse_overrides, section
+from gpt.config import (
+    KNOWN_TABLES,
+    ConfigError,
+    GPTConfig,
+    add_set_argument,
+    check_fields,
+    load_toml,
+    merge,
+    parse_overrides,
+    section,
+)
 from gpt.data import DataError, WindowSampler, open_tokens
 from gpt.flops import device_peak_flops, flops_per_token, mfu
 from gpt.generate import generate
@@ -688,13 +698,7 @@ def load_configs(name: str, overrides: list[str], out: str | None = None) -> tup
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpt train", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", required=True, help="preset name (configs/NAME.toml) or path")
-    p.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="TABLE.KEY=VALUE",
-        help="override config keys, e.g. train.max_steps=100 model.n_layers=2",
-    )
+    add_set_argument(p)
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in out_dir")
     p.add_argument("--out", help="run folder (overrides train.out_dir)")
     return p

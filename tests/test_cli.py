@@ -40,3 +40,25 @@ def test_python_dash_m_gpt():
         [sys.executable, "-m", "gpt", "info", "--config", "gpt2-124m"], capture_output=True, text=True, check=True
     ).stdout
     assert "124,439,808" in out
+
+
+@pytest.mark.parametrize(
+    "module, extra",
+    [("gpt.info", []), ("gpt.train", ["--config", "demo"]), ("gpt.prepare", [])],
+)
+def test_set_parses_the_same_in_every_command(module, extra):
+    """One or more pairs per --set, and --set may repeat: the same parser in info, train and prepare."""
+    import importlib
+
+    parser = importlib.import_module(module).build_parser()
+    args = parser.parse_args([*extra, "--set", "model.n_layers=2", "train.lr=1e-3", "--set", "data.dir=x"])
+    assert args.set == ["model.n_layers=2", "train.lr=1e-3", "data.dir=x"]
+
+
+def test_info_takes_several_pairs_per_set(capsys):
+    assert (
+        main(["info", "--config", "demo", "--set", "model.n_layers=2", "model.emb_dim=64", "--set", "model.n_heads=2"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "n_layers        2" in out and "emb_dim         64" in out and "n_heads         2" in out
