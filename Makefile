@@ -1,6 +1,6 @@
 # Two commands on a fresh machine (each sets up .venv on first use, then reuses it):
 #   make demo   prepare the Shakespeare corpus, train the demo GPT, print a sample
-#   make test   run the test suite (CPU; Triton kernels through its interpreter)
+#   make test   lint (ruff) and run the test suite (CPU; Triton kernels through its interpreter)
 # On a machine without an NVIDIA GPU the CPU build of torch is installed, never the multi-GB CUDA one.
 
 PYTHON ?= python3
@@ -26,6 +26,8 @@ demo: $(STAMP)
 	$(VENV)/bin/gpt train --config demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

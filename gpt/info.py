@@ -13,6 +13,13 @@ import torch
 
 from gpt.config import ConfigError, add_set_argument, load_model_config
 
+BACKEND_NOTES = {
+    "torch": "the from-scratch reference layers (kernels.reference)",
+    "native": "torch's fused ops: F.layer_norm, F.gelu, SDPA (kernels.native)",
+    "triton": "our Triton kernels (kernels.triton_ops)",
+    "auto": "Triton kernels on CUDA tensors, torch's fused ops elsewhere",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gpt info", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -37,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"config        {args.config}")
     for k, v in vars(cfg).items():
         print(f"  {k:<16}{v}")
+    print(f"backend       {cfg.backend}: {BACKEND_NOTES[cfg.backend]}")
     print(f"parameters    {model.num_params():,}")
     print(f"  without position embedding  {model.num_params(non_embedding=True):,}")
     print(
