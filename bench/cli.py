@@ -32,7 +32,7 @@ from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # The names bench.ops and bench.train_step define, repeated so that --help needs no torch import.
-OPS = ("attention", "layer_norm", "add_layer_norm", "gelu", "bias_gelu", "linear_cross_entropy")
+OPS = ("attention", "layer_norm", "add_layer_norm", "bias_gelu", "gelu", "linear_cross_entropy")
 ALL = OPS + ("train_step",)
 PROVIDERS = ("triton", "reference", "native", "compile", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math")
 TRAIN_PROVIDERS = ("native+compile", "triton+compile", "triton", "native", "reference")
@@ -98,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"gpt bench: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, a results file turned into a folder, ...: what was written stays
+        print(f"gpt bench: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ngpt bench: interrupted", file=sys.stderr)
+        return 130
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -146,12 +152,10 @@ def _cases(args: argparse.Namespace, scale: str):
     if "train_step" in args.ops:
         import fnmatch
 
-        cfg, name, seq_len, sizes = train_step.default_setup(scale)
-        dtype = "bf16-autocast" if scale == "gpu" else "fp32"
-        lines = train_step.plan_lines(
-            name, seq_len, args.train_batch_sizes or sizes, _train_chosen(args.providers), dtype
-        )
-        train_cases = [c for c in lines if not args.match or any(fnmatch.fnmatchcase(c[2], p) for p in args.match)]
+        _, name, seq_len, sizes = train_step.default_setup(scale)
+        chosen = _train_chosen(args.providers)
+        lines = train_step.plan_lines(name, seq_len, args.train_batch_sizes or sizes, chosen, scale)
+        train_cases = [c for c in lines if not args.match or any(fnmatch.fnmatchcase(c.line, p) for p in args.match)]
     if not op_cases and not train_cases:
         raise BenchError("no case to time: --ops, --modes, --providers and --match leave nothing (see --plan)")
     return op_cases, train_cases
@@ -161,10 +165,10 @@ def _plan(args: argparse.Namespace) -> int:
     """Print every case: the full GPU suite unless --quick or --interpret (on any machine: nothing is timed)."""
     from bench import harness
 
-    scale = "interpret" if args.interpret else ("quick" if args.quick else "gpu")
+    scale = _scale(args, cuda=True)
     op_cases, train_cases = _cases(args, scale)
     lines = harness.ceiling_plan(scale == "gpu", scale != "gpu") + [c.line() for c in op_cases]
-    lines += [c[2] for c in train_cases]
+    lines += [c.line for c in train_cases]
     try:
         for line in lines:
             print(line)
@@ -180,8 +184,9 @@ def _plan(args: argparse.Namespace) -> int:
 # Output folders: never destroy what is not ours
 
 
-def _check_out(out: Path, create: bool = True) -> None:
-    """Refuse an --out that is a file, not writable, or a non-empty folder that is not a results folder."""
+def _check_out(out: Path, create: bool = True, device: str | None = None) -> None:
+    """Refuse an --out that is a file, not writable, a non-empty folder that is not a results folder, or one
+    holding another device's results than `device`'s."""
     from bench import report
 
     if out.exists() and not out.is_dir():
@@ -195,9 +200,12 @@ def _check_out(out: Path, create: bool = True) -> None:
             )
         for f in ours:
             try:
-                report.read_csv(f)
+                rows = report.read_csv(f)
             except (ValueError, OSError) as e:
                 raise BenchError(f"cannot add results to {f}: {e}") from None
+            other = sorted({r["gpu"] for r in rows} - {device}) if device else []
+            if other:
+                raise BenchError(f"{f} holds results of {', '.join(other)}, not of {device}; choose another --out")
     if not create:
         return
     try:
@@ -236,7 +244,7 @@ def _report_only(args: argparse.Namespace) -> int:
     merged: dict[str, list[dict]] = {}
     for path in args.merge:
         if not path.is_file():
-            raise BenchError(f"--merge {path}: no such file")
+            raise BenchError(f"--merge {path}: {'a folder, not a CSV file' if path.is_dir() else 'no such file'}")
         try:
             rows = report.read_csv(path)
         except (ValueError, OSError) as e:
@@ -245,16 +253,14 @@ def _report_only(args: argparse.Namespace) -> int:
             raise BenchError(f"--merge {path}: holds no results")
         target = "decode.csv" if path.name == "decode.csv" else "results.csv"
         merged.setdefault(target, []).extend(rows)
-    out = args.out
-    if out is None:
-        gpus = sorted({r["gpu"] for rows in merged.values() for r in rows})
-        if len(gpus) != 1:
-            raise BenchError(f"the merged files come from {len(gpus)} devices ({', '.join(gpus)}); give --out DIR")
-        out = RESULTS_DIR / harness.slug(gpus[0])
-    _check_out(out, create=bool(merged))
+    gpus = sorted({r["gpu"] for rows in merged.values() for r in rows})
+    if len(gpus) > 1:  # one folder per device: a summary's ratios must never pair two cards' figures
+        raise BenchError(f"the files to merge come from {len(gpus)} devices ({', '.join(gpus)}); merge each alone")
+    out = args.out or RESULTS_DIR / harness.slug(gpus[0])
+    _check_out(out, create=bool(merged), device=gpus[0] if gpus else None)
     for target, rows in merged.items():
         report.write_csv(rows, out / target)
-        print(f"merged {len(rows)} rows into {out / target}")
+        _say(f"merged {len(rows)} rows into {out / target}")
     if not (out / "results.csv").is_file():
         if merged:
             return 0  # decode.csv only: it has no plots or summary
@@ -264,9 +270,9 @@ def _report_only(args: argparse.Namespace) -> int:
     notes += [n for path in args.merge for n in _read_notes(path.parent) if n not in notes]
     if args.merge:
         (out / "notes.txt").write_text("".join(n + "\n" for n in notes), encoding="utf-8")
-    plots = [] if args.no_plots else report.write_plots(rows, out)
+    plots = [] if args.no_plots else report.write_plots(rows, out, _say)
     report.write_summary(rows, out / "summary.md", notes, _read_command(out))
-    print(f"wrote {len(plots)} plots and {out / 'summary.md'}")
+    _say(f"wrote {len(plots)} plots and {out / 'summary.md'}")
     return 0
 
 
@@ -287,7 +293,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     op_cases, train_cases = _cases(args, scale)
     env = harness.current_env(device)
     out = args.out or RESULTS_DIR / (f"{env.slug}" if scale == "gpu" else f"quick-{env.slug}")
-    _check_out(out)
+    _check_out(out, device=env.gpu)
     if not cuda and not args.quick and not args.interpret:
         _say("gpt bench: no CUDA GPU here, so running the --quick sweep on the CPU")
     if not cuda:

@@ -60,7 +60,7 @@ SDPA_BACKENDS = {  # attention only: provider -> torch.nn.attention.SDPBackend m
 }
 ALL_PROVIDERS = PROVIDERS + tuple(SDPA_BACKENDS)
 MODES = ("fwd", "bwd", "fwd+bwd")
-OPS = ("attention", "layer_norm", "add_layer_norm", "gelu", "bias_gelu", "linear_cross_entropy")
+OPS = ("attention", "layer_norm", "add_layer_norm", "bias_gelu", "gelu", "linear_cross_entropy")  # run order
 SCALES = ("gpu", "quick", "interpret")
 
 # Dtype label -> (the activation's dtype, the dtype of the rest: residual, weight, bias).

@@ -57,7 +57,7 @@ COLORS = {
     "sdpa-efficient": "C6",
     "sdpa-math": "C8",
 }
-ROW_OPS = ("attention", "layer_norm", "add_layer_norm", "gelu", "bias_gelu", "linear_cross_entropy")
+OPS = ("attention", "layer_norm", "add_layer_norm", "bias_gelu", "gelu", "linear_cross_entropy")  # bench.ops.OPS
 MODES_ORDER = ("fwd", "bwd", "fwd+bwd", "fwd+bwd+opt")
 PRIMARY_METHODS = ("do_bench", "perf_counter", "")  # the per-call timers, in order of preference
 
@@ -212,7 +212,7 @@ def write_plots(rows: list[dict], out_dir: Path, log=print) -> list[Path]:
     ceilings = {r["mode"]: r["value"] for r in rows if r["op"] == "ceiling" and r["metric"] in ("GB/s", "TFLOP/s")}
     gpu = next((r["gpu"] for r in rows), "")
     paths = []
-    for op in [o for o in (*ROW_OPS, "train_step") if any(k[0] == o for k in idx)]:
+    for op in [o for o in (*OPS, "train_step") if any(k[0] == o for k in idx)]:
         modes = [m for m in MODES_ORDER if any(k[0] == op and k[1] == m for k in idx)]
         base = TRAIN_BASELINE if op == "train_step" else "native"
         fig, axes = plt.subplots(2, len(modes), figsize=(5 * len(modes), 7.5), squeeze=False)
@@ -228,8 +228,13 @@ def write_plots(rows: list[dict], out_dir: Path, log=print) -> list[Path]:
                     series[provider, s].append((x, metrics.get(unit, math.nan), _ratio(picked.get(base), metrics)))
             for (provider, s), pts in sorted(series.items(), key=lambda kv: (_rank(kv[0][0]), kv[0][1])):
                 pts.sort()
-                style = "--" if "128" in s or "p=" in s else "-"
-                kw = dict(marker="o", linestyle=style, color=COLORS.get(provider), label=f"{provider} {s}".strip())
+                style = "none" if "p=" in s else ("--" if "128" in s else "-")  # dropout: one point, a cross
+                kw = dict(
+                    marker="x" if "p=" in s else "o",
+                    linestyle=style,
+                    color=COLORS.get(provider),
+                    label=f"{provider} {s}".strip(),
+                )
                 top.plot([p[0] for p in pts], [p[1] for p in pts], **kw)
                 sp = [(p[0], p[2]) for p in pts if p[2] is not None]
                 if sp and provider != base:
@@ -243,12 +248,16 @@ def write_plots(rows: list[dict], out_dir: Path, log=print) -> list[Path]:
             top.set_ylabel(unit or "")
             bottom.set_ylabel(f"speedup over {base}")
             for ax in (top, bottom):
-                ax.set_xscale("log", base=2)
+                if op in ("attention", "train_step"):
+                    ax.set_xscale("log", base=2)
+                else:  # a few widths (or one LM-head size): linear, a tick at each
+                    ax.set_xticks(sorted({x for pts in series.values() for x, _, _ in pts}))
                 ax.set_xlabel(xlabel)
                 ax.grid(True, alpha=0.3)
-            top.legend(fontsize=7)
         fig.suptitle(f"{op} on {gpu}")
-        fig.tight_layout()
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center right", fontsize=7)  # one legend beside the plots
+        fig.tight_layout(rect=(0, 0, 0.82, 1))
         path = out_dir / f"{op}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -264,8 +273,8 @@ def _x_and_series(op: str, shape: str, dtype: str) -> tuple[float, str, str]:
     if op == "train_step":
         return d["B"], "", "micro-batch size"
     if op == "linear_cross_entropy":
-        return d["N"] * d["C"] * d["V"], "", "N × C × V"
-    return d["rows"] * d["width"], dtype, "elements (rows × width)"
+        return d["V"], f"N={d['N']} C={d['C']}", "vocabulary V"
+    return d["width"], dtype, f"row width ({d['rows']} rows)"
 
 
 def _rank(provider: str) -> int:
@@ -321,7 +330,7 @@ def write_summary(rows: list[dict], path: Path, notes: list[str] = (), command: 
                     f"{anchors.CEILINGS[name]} |"
                 )
         lines.append("")
-    for op in [o for o in ROW_OPS if any(k[0] == o for k in idx)]:
+    for op in [o for o in OPS if any(k[0] == o for k in idx)]:
         lines += _op_table(op, idx)
         if op == "attention":
             lines += _sdpa_table(idx)
@@ -498,7 +507,7 @@ def _anchor_notes(idx: dict, ceilings: dict, meta: dict | None) -> list[str]:
                 f"({anchors.LAYER_NORM_VS_TORCH[mode]})."
             )
     for ceiling_name, ops in (
-        ("copy", ("layer_norm", "add_layer_norm", "gelu", "bias_gelu")),
+        ("copy", ("layer_norm", "add_layer_norm", "bias_gelu", "gelu")),
         ("matmul", ("attention", "linear_cross_entropy")),
     ):
         for op in ops:

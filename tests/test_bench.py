@@ -299,13 +299,23 @@ def test_output_folder_is_never_someone_elses(tmp_path, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
     shutil.copy(_garbage(tmp_path, "text"), broken / "results.csv")
+    h100 = tmp_path / "h100"
+    report.write_csv(_attention_rows(), h100 / "results.csv")
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     for out, message in ((a_file, "is a file"), (theirs, "is not empty"), (broken, "cannot add results"),
-                         (a_file / "sub", "cannot write into")):  # fmt: skip
+                         (a_file / "sub", "cannot write into"), (h100, "holds results of NVIDIA H100")):  # fmt: skip
         assert main(["--quick", "--ops", "gelu", "--out", str(out)]) == 2
         assert message in _error_line(capsys)
-        assert main(["--report-only", "--out", str(out)]) == 2
-        capsys.readouterr()
+        if out is not h100:
+            assert main(["--report-only", "--out", str(out)]) == 2
+            capsys.readouterr()
+    l40 = [dict(r, gpu="NVIDIA L40") for r in _attention_rows()]
+    report.write_csv(l40, tmp_path / "l40" / "results.csv")
+    before[tmp_path / "l40" / "results.csv"] = (tmp_path / "l40" / "results.csv").read_bytes()
+    for argv in (["--merge", str(tmp_path / "l40" / "results.csv"), "--out", str(h100)],
+                 ["--merge", str(h100 / "results.csv"), str(tmp_path / "l40" / "results.csv")]):  # fmt: skip
+        assert main(["--report-only", *argv]) == 2
+        assert "NVIDIA L40" in _error_line(capsys)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
@@ -476,11 +486,11 @@ def test_gpu_script_plans_every_call_within_the_device_limit():
     r = _script("plan")
     assert r.returncode == 0, r.stderr
     calls = [x.split()[1].rstrip(":") for x in r.stdout.splitlines() if x.startswith("call ")]
-    assert calls == "check attention attention-d128 rows train-step decode lm-head train".split()
+    assert calls == "check attention attention-d128 norms mlp train-step decode lm-head train".split()
     totals = [int(x.split()[1]) for x in r.stdout.splitlines() if x.strip().startswith("total ")]
     assert len(totals) == len(calls) and all(t <= 480 for t in totals), r.stdout  # 10 min minus 2 to spare
-    assert r.stdout.count("--time-budget") == 5 and "train.max_time_s=300" in r.stdout
-    over = _script("attention", "rows")
+    assert r.stdout.count("--time-budget") == 6 and "train.max_time_s=300" in r.stdout
+    over = _script("attention", "norms")
     assert over.returncode == 2 and "over the 480 s" in over.stderr
 
 
