@@ -453,13 +453,17 @@ def test_rotation_and_shapes():
 
 @pytest.mark.gpu
 def test_small_cases_get_cuda_graph_times_in_every_mode():
+    """LayerNorm at 16384 x 768 and a small attention (tens of microseconds): every mode of every provider is
+    captured and replayed from a CUDA graph, our attention kernels through their capture path."""
     cases = ops.plan("gpu", ops=("layer_norm",), providers=("triton", "native"), match=("* 16384x768 *",))
+    small = (("B", 4), ("H", 12), ("T", 256), ("D", 64))
+    cases += [ops.Case("attention", m, small, "bf16", p) for p in ("triton", "native") for m in ops.MODES]
     cfg = ops.RunConfig(torch.device("cuda"), warmup_ms=5.0, rep_ms=20.0)
     rows, tally = [], ops.Tally()
     ops.run_cases(cases, cfg, {}, tally, rows.extend, log=lambda *a: None)
-    assert tally.measured == len(cases) == 6 and not tally.failed, tally.notes
-    graph = {(r["provider"], r["mode"]) for r in rows if r["method"] == "cudagraph" and r["metric"] == "ms"}
-    assert graph == {(p, m) for p in ("triton", "native") for m in ops.MODES}, tally.notes
+    assert tally.measured == len(cases) == 12 and not tally.failed, tally.notes
+    graph = {(r["op"], r["provider"], r["mode"]) for r in rows if r["method"] == "cudagraph" and r["metric"] == "ms"}
+    assert graph == {(c.op, c.provider, c.mode) for c in cases}, tally.notes
 
 
 @pytest.mark.gpu
