@@ -114,13 +114,13 @@ setup() { step setup "$SETUP" bash scripts/gpu_session.sh env; }
 
 env_report() {  # the `env` command, first step of every device command: carried wheels, versions, the card
     if ls .gpu/wheels/*.whl >/dev/null 2>&1; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
             .gpu/wheels/*.whl || exit 1
     else
         echo "no .gpu/wheels: no GPT-2 BPE files (run \`bash scripts/gpu_session.sh pack\` here and carry .gpu)"
     fi
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
-    python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+    "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
     date -u +%FT%TZ
 }
 
