@@ -1,9 +1,12 @@
-"""Benchmarks: the Triton kernels against the eager reference, torch's native ops and torch.compile.
+"""Benchmarks: every implementation of each op (triton, reference, native, compile, the SDPA backends) and the
+GPT-2 124M training step, at the shapes GPT-2 124M training runs.
 
-    gpt bench                         full suite on the GPU, results under bench/results/<gpu>/
-    gpt bench --quick                 small CPU shapes (eager, torch, compile), the harness smoke test
-    pytest bench/ --benchmark-only    the same cases through pytest-benchmark
+    gpt bench --plan                  every case the full GPU suite times, one per line
+    gpt bench                         the full suite on the GPU, results under bench/results/<gpu>/
+    gpt bench --quick                 small CPU shapes, the harness smoke test
+    pytest bench/ --benchmark-only    the same op cases through pytest-benchmark
 
-Modules: `harness` (timing, ceilings, memory), `ops` (per-op cases), `train_step` (end-to-end GPT
-training throughput), `report` (CSV, plots, Markdown summary), `cli` (the `gpt bench` command).
+Modules: `harness` (timers, ceilings, memory), `ops` (the plan, per-op cases and their runner), `train_step`
+(end-to-end training throughput), `report` (CSV, plots, Markdown summary), `anchors` (published figures the
+summary quotes), `decode` (generation speed with and without the KV cache), `cli` (the `gpt bench` command).
 """

@@ -1,13 +1,20 @@
 """Timing, the card's ceilings and peak memory: what every benchmark in `bench/` shares.
 
-    t = bench_fn(fn, device)                  # Timing(median_ms, p20_ms, p80_ms, reps)
+    t = bench_fn(fn, device)                  # Timing(median_ms, p20_ms, p80_ms, reps, method)
+    t = bench_cudagraph(fn)                   # the same calls replayed from a CUDA graph: no host dispatch
     ceilings = measure_ceilings(device)       # D2D copy GB/s, large matmul TFLOP/s
     mb = peak_memory_mb(fn, device)           # extra memory one call allocates at its peak (CUDA only)
 
-On CUDA the timer is `triton.testing.do_bench`: it flushes L2 before every timed call, runs warm-up calls
-outside the timed region and returns quantiles of CUDA-event timings. On the CPU do_bench cannot run (it
-needs a GPU driver), so `cpu_bench` does the same with `time.perf_counter`: warm-up, then repeated calls,
-returning the same median / p20 / p80.
+Timing methods (the CSV's `method` column says which produced a row):
+
+- `do_bench` (CUDA): `triton.testing.do_bench` flushes L2 before every timed call, runs warm-up calls outside
+  the timed region and returns quantiles of CUDA-event timings around each call. The host's dispatch of the
+  call (Python, autograd, a custom op's ~20 us) is inside the events whenever the GPU waits for it, so a
+  kernel of tens of microseconds can be dominated by it.
+- `cudagraph` (CUDA): `triton.testing.do_bench_cudagraph` captures many calls into one CUDA graph and times
+  its replays: GPU time only. Taken besides `do_bench` for every case faster than `CUDAGRAPH_BELOW_MS`.
+- `perf_counter` (CPU, where do_bench cannot run): `cpu_bench`, the same warm-up and quantiles with
+  `time.perf_counter`.
 
 Inputs are also rotated: `rotation_count` says how many independent copies of one case's inputs make up
 twice the L2 cache, and the benchmark cycles through them, so a small case cannot be served from L2.
@@ -27,6 +34,10 @@ from dataclasses import dataclass
 import torch
 
 QUANTILES = (0.5, 0.2, 0.8)  # median, p20, p80
+METHODS = ("do_bench", "cudagraph", "perf_counter")
+# Cases faster than this (by do_bench) are also timed from a CUDA graph: ~20 us of host dispatch per op is
+# then 10% or more of the figure.
+CUDAGRAPH_BELOW_MS = 0.2
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,7 @@ class Timing:
     p20_ms: float
     p80_ms: float
     reps: int
+    method: str = "perf_counter"  # one of METHODS
 
 
 @dataclass(frozen=True)
@@ -49,8 +61,12 @@ class Env:
 
     @property
     def slug(self) -> str:
-        """The device name as a folder name: 'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
-        return re.sub(r"[^a-z0-9]+", "-", self.gpu.lower()).strip("-") or "unknown"
+        return slug(self.gpu)
+
+
+def slug(device_name: str) -> str:
+    """A device name as a folder name: 'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
+    return re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-") or "unknown"
 
 
 def current_env(device: torch.device) -> Env:
@@ -89,9 +105,9 @@ def rotation_count(set_bytes: int, cache_bytes: int, max_sets: int = 16) -> int:
 
 def _quantiles(times: list[float]) -> Timing:
     if len(times) == 1:
-        return Timing(times[0], times[0], times[0], 1)
+        return Timing(times[0], times[0], times[0], 1, "perf_counter")
     cuts = statistics.quantiles(times, n=10, method="inclusive")  # deciles: cuts[1] = p20, cuts[7] = p80
-    return Timing(statistics.median(times), cuts[1], cuts[7], len(times))
+    return Timing(statistics.median(times), cuts[1], cuts[7], len(times), "perf_counter")
 
 
 def cpu_bench(
@@ -147,7 +163,22 @@ def bench_fn(
     rep = min(max(rep_ms, 1.2 * min_reps * estimate_ms), max_rep_ms)
     out = do_bench(fn, warmup=warmup_ms, rep=rep, grad_to_none=grad_to_none, quantiles=list(QUANTILES))
     median, p20, p80 = (float(v) for v in out)
-    return Timing(median, p20, p80, max(1, int(rep / max(median, 1e-6))))
+    return Timing(median, p20, p80, max(1, int(rep / max(median, 1e-6))), "do_bench")
+
+
+def bench_cudagraph(fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None = None, rep_ms: float = 20.0):
+    """Median, p20 and p80 of `fn` in ms from CUDA-graph replays (`triton.testing.do_bench_cudagraph`).
+
+    do_bench_cudagraph captures `rep_ms` worth of unrolled calls into one graph and times 10 replays, so no
+    host work is counted. `fn` must already be warm: autotuning cannot happen inside a capture (the attention
+    kernels launch the config they chose earlier). It runs on a side stream, as capture requires.
+    """
+    from triton.testing import do_bench_cudagraph
+
+    with torch.cuda.stream(torch.cuda.Stream()):
+        out = do_bench_cudagraph(fn, rep=rep_ms, grad_to_none=grad_to_none, quantiles=list(QUANTILES))
+    median, p20, p80 = (float(v) for v in out)
+    return Timing(median, p20, p80, max(1, int(rep_ms / max(median, 1e-6))), "cudagraph")
 
 
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
@@ -166,11 +197,20 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def free_memory(device: torch.device) -> None:
-    import gc
+def why_failed(err: BaseException) -> str:
+    """One line for the notes: "out of memory", or the exception's type and first line (200 characters)."""
+    if is_oom(err):
+        return "out of memory"
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"[:200]
 
-    gc.collect()
+
+def free_memory(device: torch.device) -> None:
+    """On CUDA: collect what cycles still hold and return the cached blocks, so the next case starts empty.
+    Nothing on the CPU, where a collection per case only costs time."""
     if device.type == "cuda":
+        import gc
+
+        gc.collect()
         torch.cuda.empty_cache()
 
 
@@ -191,13 +231,11 @@ class Ceiling:
 def measure_ceilings(device: torch.device, quick: bool = False) -> dict[str, Ceiling]:
     """Device-to-device copy bandwidth (bytes read + written) and a large matmul's FLOP rate.
 
-    CUDA: a 1 GiB bf16 copy and an 8192^3 bf16 matmul (the sizes behind ../shared/ANCHORS.md's figures).
+    CUDA: a 1 GiB bf16 copy and an 8192^3 bf16 matmul (the sizes behind the figures in `bench.anchors`).
     CPU or quick: 64 MiB fp32 and 512^3 fp32, enough to give the CPU fractions a scale.
     """
     cuda = device.type == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
-    n_copy = (2**29 if not quick else 2**25) if cuda else 2**24
-    m = (8192 if not quick else 4096) if cuda else 512
+    (n_copy, m), dtype = ceiling_sizes(cuda, quick), torch.bfloat16 if cuda else torch.float32
     warmup, rep = (25.0, 200.0) if cuda else (5.0, 50.0)
 
     t = _time_copy(n_copy, dtype, device, warmup, rep)
@@ -208,6 +246,19 @@ def measure_ceilings(device: torch.device, quick: bool = False) -> dict[str, Cei
     matmul = Ceiling("matmul", f"{m}x{m}x{m}", dtype_name(dtype), "TFLOP/s", 2 * m**3 / (t.median_ms * 1e-3) / 1e12, t)
     free_memory(device)
     return {"copy": copy, "matmul": matmul}
+
+
+def ceiling_sizes(cuda: bool, quick: bool) -> tuple[int, int]:
+    """(elements copied, matmul size m) of `measure_ceilings`."""
+    if not cuda:
+        return 2**24, 512
+    return (2**25, 4096) if quick else (2**29, 8192)
+
+
+def ceiling_plan(cuda: bool, quick: bool) -> list[str]:
+    """The ceilings as `gpt bench --plan` lines."""
+    (n, m), dtype = ceiling_sizes(cuda, quick), "bf16" if cuda else "fp32"
+    return [f"ceiling copy {n} {dtype} native", f"ceiling matmul {m}x{m}x{m} {dtype} native"]
 
 
 def _time_copy(n: int, dtype: torch.dtype, device: torch.device, warmup: float, rep: float) -> Timing:
