@@ -76,7 +76,7 @@ from gpt.config import (
 from gpt.data import DataError, WindowSampler, check_token_range, open_tokens
 from gpt.files import OutputError, atomic_write, check_output_dir, os_error_message, signals_deferred
 from gpt.flops import device_peak_flops, flops_per_token, mfu
-from gpt.generate import generate
+from gpt.generate import GenerationError, generate
 from gpt.model import GPT, TRAINING_BYTES_PER_PARAM, check_model_fits
 from gpt.ops import check_backend_runs
 from gpt.prepare import DataConfig, load_meta
@@ -619,15 +619,18 @@ class Trainer:
             ids = [self.tok.eot_id if self.tok.eot_id is not None else 0]
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         with self.autocast():
-            out = generate(
-                self.model,
-                idx,
-                n_tokens,
-                temperature=self.cfg.temperature,
-                top_k=self.cfg.top_k or None,
-                generator=gen,
-                vocab_size=self.tok.vocab_size,
-            )
+            try:
+                out = generate(
+                    self.model,
+                    idx,
+                    n_tokens,
+                    temperature=self.cfg.temperature,
+                    top_k=self.cfg.top_k or None,
+                    generator=gen,
+                    vocab_size=self.tok.vocab_size,
+                )
+            except GenerationError as e:  # non-finite logits: the weights diverged
+                raise TrainingStopped(f"stopping at step {self.step}: sampling failed: {e}") from None
         return self.tok.decode(out[0, len(ids) :].tolist())
 
     def eval_and_log(self) -> float:
