@@ -48,10 +48,13 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
 
 def _first_line(e: BaseException) -> str:
+    """The gist of an exception for a one-line message: its type and first line (first sentence, if long)."""
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if len(text) > 120 and ". " in text:  # torch's weights-only advice runs on for several sentences
+        text = text.split(". ")[0]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:

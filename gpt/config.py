@@ -126,7 +126,7 @@ def resolve_preset(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
         if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
+            raise ConfigError(f"config file {p} is a folder" if p.is_dir() else f"config file {p} does not exist")
         return p
     candidate = CONFIG_DIR / f"{name_or_path}.toml"
     if candidate.is_file():
