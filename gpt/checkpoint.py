@@ -6,25 +6,27 @@ Layout (every value a tensor, number, string, list or dict, so `torch.load(weigh
      "model": state_dict, "model_config": asdict(GPTConfig), "tokenizer": tokenizer.to_dict(),
      ... anything else the writer adds (optimizer, step, RNG states, train config) ...}
 
-A file is written to a temporary name in the same folder, fsync'd, then renamed over the target, so a
-crash never leaves a half-written checkpoint under the real name and never destroys the previous one.
+A file is written to a temporary name in the same folder, fsync'd, then renamed over the target
+(`gpt.files.atomic_write`), so a crash or a full disk never leaves a half-written checkpoint under the real
+name and never destroys the previous one; a failed write is a CheckpointError naming the file and the reason.
 
-A training run keeps numbered checkpoints `ckpt-00001000.pt` in its folder (the last K of them);
-`load_newest_good` finds the newest one that validates, skipping truncated or foreign files.
+A training run keeps numbered checkpoints `ckpt-00001000.pt` in its folder (the last K readable ones);
+`load_newest_good` finds the newest one that validates, skipping truncated or foreign files, which are never
+deleted and never count toward K.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from gpt.files import atomic_write
 
 FORMAT = "tritongpt-checkpoint"
 VERSION = 1
@@ -35,46 +37,49 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write `payload` (plus format and version) to `path` atomically."""
+    """Write `payload` (plus format and version) to `path` atomically; CheckpointError if the write fails (a
+    full disk, no permission), with `path` as it was before."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-    return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **payload}, f))
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as a RuntimeError
+        raise CheckpointError(f"cannot write checkpoint {path}: {_first_line(e)}") from e
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint; CheckpointError names the file and what is wrong with it."""
+def _first_line(e: BaseException) -> str:
+    """The gist of an exception for a one-line message: its type and first line (first sentence, if long)."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if len(text) > 120 and ". " in text:  # torch's weights-only advice runs on for several sentences
+        text = text.split(". ")[0]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Read and validate a checkpoint; CheckpointError names the file and what is wrong with it.
+
+    `mmap=True` maps the tensors instead of reading them: a cheap check that a file is whole and ours.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # truncated zip, random bytes, pickled foreign objects, ...
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(
-            f"{path} is not a readable tritongpt checkpoint ({type(e).__name__}: {first_line})"
-        ) from None
+        raise CheckpointError(f"{path} is not a readable tritongpt checkpoint ({_first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tritongpt checkpoint (no '{FORMAT}' format marker)")
     if ckpt.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {ckpt.get('version')!r}; this code reads {VERSION}")
     for key in ("model", "model_config"):
-        if key not in ckpt:
-            raise CheckpointError(f"{path} has no {key!r} entry")
+        if not isinstance(ckpt.get(key), dict):
+            raise CheckpointError(
+                f"{path} has no {key!r} entry (a dict)"
+                if key not in ckpt
+                else f"{path}: its {key!r} entry is a {type(ckpt[key]).__name__}, not a dict"
+            )
     return ckpt
 
 
@@ -89,10 +94,11 @@ def model_payload(model: torch.nn.Module, tokenizer: Any | None) -> dict[str, An
 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", backend: str | None = None):
     """(model in eval mode, tokenizer or None, the raw checkpoint dict) from a checkpoint file, or from the
-    newest readable checkpoint of a run folder."""
+    newest readable checkpoint of a run folder. A config that does not match the weights, a model too large
+    for `device` and a bad tokenizer record are CheckpointErrors naming the file, raised before building."""
     from gpt.config import ConfigError, GPTConfig, from_dict
-    from gpt.model import GPT
-    from gpt.tokenizer import tokenizer_from_dict
+    from gpt.model import GPT, check_model_fits
+    from gpt.tokenizer import TokenizerError, tokenizer_from_dict
 
     if Path(path).is_dir():
         skipped: list[str] = []
@@ -105,17 +111,42 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", 
         ckpt = load_checkpoint(path)  # on the CPU: only the weights move to `device`, never the optimizer state
     try:
         cfg = from_dict(GPTConfig, ckpt["model_config"], f" in the model config of {path}")
+        check_weights_fit(ckpt["model"], cfg, path)
+        check_model_fits(cfg, device, 4, "loading it in fp32")
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
+    try:
+        tok = tokenizer_from_dict(ckpt["tokenizer"]) if ckpt.get("tokenizer") else None
+    except TokenizerError as e:
+        raise CheckpointError(f"{path}: bad tokenizer record: {e}") from None
     if backend is not None:
         cfg.backend = backend
     model = GPT(cfg)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit its model config: {e}") from None
-    tok = tokenizer_from_dict(ckpt["tokenizer"]) if ckpt.get("tokenizer") else None
+        raise CheckpointError(f"{path}: weights do not fit its model config: {_first_line(e)}") from None
     return model.to(device).eval(), tok, ckpt
+
+
+LAYER_KEY = re.compile(r"^transformer\.h\.(\d+)\.")
+
+
+def check_weights_fit(state: dict[str, Any], cfg, path: str | Path) -> None:
+    """CheckpointError unless the weights have the config's layer count and embedding shapes: checked before
+    the model is built, so a config claiming 100,000 layers fails at once instead of after minutes."""
+    layers = {int(m.group(1)) for k in state if (m := LAYER_KEY.match(str(k)))}
+    n_layers = max(layers) + 1 if layers else 0
+    if n_layers != cfg.n_layers:
+        raise CheckpointError(f"{path}: its model config says n_layers={cfg.n_layers}, its weights hold {n_layers}")
+    for key, shape in (
+        ("transformer.wte.weight", (cfg.vocab_size, cfg.emb_dim)),
+        ("transformer.wpe.weight", (cfg.context_length, cfg.emb_dim)),
+    ):
+        t = state.get(key)
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else "missing"
+            raise CheckpointError(f"{path}: {key} is {got}, its model config needs {shape}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -137,16 +168,26 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def prune_checkpoints(run_dir: str | Path, keep: int, upto: int | None = None) -> list[Path]:
-    """Delete all but the newest `keep` numbered checkpoints (keep <= 0 keeps all); returns the deleted.
+def readable(path: str | Path) -> bool:
+    """Whether `path` is a whole checkpoint of ours (mapped, not read: cheap for any size)."""
+    try:
+        load_checkpoint(path, mmap=True)
+    except CheckpointError:
+        return False
+    return True
 
-    With `upto` (the step just saved), only checkpoints of steps <= upto count: later-numbered files (a
-    corrupt one a resumed run skipped) are left alone and never push the fresh checkpoint out.
+
+def prune_checkpoints(run_dir: str | Path, keep: int, upto: int | None = None) -> list[Path]:
+    """Delete all but the newest `keep` readable numbered checkpoints (keep <= 0 keeps all); returns the deleted.
+
+    Only readable checkpoints count and only they are deleted: an unreadable one (truncated, foreign) never
+    pushes a good one out and is left for its owner to look at. With `upto` (the step just saved), only
+    checkpoints of steps <= upto count: later-numbered files are left alone and never push the fresh one out.
     """
     if keep <= 0:
         return []
-    found = [(s, p) for s, p in list_checkpoints(run_dir) if upto is None or s <= upto]
-    old = [p for _, p in found[:-keep]]
+    good = [p for s, p in list_checkpoints(run_dir) if (upto is None or s <= upto) and readable(p)]
+    old = good[:-keep]
     for p in old:
         p.unlink(missing_ok=True)
     return old

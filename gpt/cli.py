@@ -15,6 +15,7 @@ e.g. `gpt verify --quick` can switch on Triton's interpreter before any kernel i
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -36,16 +37,54 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Whatever it does, the process ends with a one-line message, never a traceback, for
+    Ctrl-C (exit 130, at any point, start-up included) and for a reader that went away (`gpt generate | head`:
+    output stops quietly, exit 141 as for SIGPIPE). A closed standard output or error reads as /dev/null."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"gpt: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        print(f"gpt: error: unknown command {name!r}; commands: {', '.join(COMMANDS)} (gpt --help)", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return module.main(rest) or 0
+    _reopen_closed_outputs()
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        code = module.main(rest) or 0
+        sys.stdout.flush()  # a reader gone by now shows here rather than at exit
+        return code
+    except KeyboardInterrupt:
+        print(f"\ngpt {name}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+
+
+def _reopen_closed_outputs() -> None:
+    """`gpt ... >&-`: Python then has no sys.stdout; point it (and the descriptor, so that no file opened later
+    takes its number and receives output) at /dev/null."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is None:
+            try:
+                os.fstat(fd)
+            except OSError:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                if devnull != fd:
+                    os.dup2(devnull, fd)
+                    os.close(devnull)
+            setattr(sys, name, open(fd, "w", closefd=False))  # noqa: SIM115 - lives as long as the process
+
+
+def _silence_stdout() -> None:
+    """After EPIPE: point stdout at /dev/null, so the flush at exit does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ table overrides `GPTConfig` fields; other tables (`[train]`, ...) belong to othe
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -52,8 +53,8 @@ class GPTConfig:
             raise ConfigError(f"emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads})")
         if not 0.0 <= self.drop_rate < 1.0:
             raise ConfigError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
-        if self.ln_eps <= 0:
-            raise ConfigError(f"ln_eps must be > 0, got {self.ln_eps}")
+        if not 0 < self.ln_eps < math.inf:  # also rejects nan
+            raise ConfigError(f"ln_eps must be a finite number > 0, got {self.ln_eps}")
 
     @property
     def head_dim(self) -> int:
@@ -125,7 +126,7 @@ def resolve_preset(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
         if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
+            raise ConfigError(f"config file {p} is a folder" if p.is_dir() else f"config file {p} does not exist")
         return p
     candidate = CONFIG_DIR / f"{name_or_path}.toml"
     if candidate.is_file():
@@ -143,7 +144,11 @@ def load_toml(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[st
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: 'extends' chain loops back to itself")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (TOML must be UTF-8): bad byte at offset {e.start}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     parent = raw.pop("extends", None)

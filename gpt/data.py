@@ -363,3 +363,28 @@ def iter_document(path: Path, markdown: bool, errors: str = "strict") -> Iterato
         yield markdown_to_text("".join(iter_text(path, errors)))
     else:
         yield from iter_text(path, errors)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checks
+
+
+def check_token_range(tokens: np.ndarray, vocab_size: int, name: str | Path) -> None:
+    """DataError naming `name` when a token id is >= `vocab_size` (token files hold unsigned ids, so none is
+    negative): such a file was prepared for another tokenizer and would fail deep inside the first step.
+    One `max()` over the array, streamed through a memory map; the position is looked up only on failure."""
+    if len(tokens) == 0:
+        return
+    top = int(tokens.max())
+    if top < vocab_size:
+        return
+    first, block = 0, 1 << 24
+    for start in range(0, len(tokens), block):
+        chunk = tokens[start : start + block]
+        if chunk.max() >= vocab_size:
+            first = start + int(np.argmax(chunk >= vocab_size))
+            break
+    raise DataError(
+        f"{name} holds token id {top} (the first out-of-range one at position {first:,}), but the vocabulary "
+        f"has {vocab_size:,} ids (0..{vocab_size - 1:,}): the file was not prepared with this tokenizer"
+    )

@@ -3,13 +3,16 @@
     from gpt.flops import flops_per_token, mfu, peak_bf16_flops
     peak_bf16_flops("NVIDIA H100 80GB HBM3")          # 989e12
     mfu(tokens_per_s, flops_per_token(model), peak)    # fraction of the peak, or None without a peak
+    device_memory_bytes("cuda:0")                      # what the size checks of gpt.model compare against
 
 Training (`gpt train`) and the benchmarks (`gpt bench`) both read these; nothing else holds a peak table.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import torch
 
@@ -58,3 +61,22 @@ def mfu(tokens_per_s: float, flops_per_tok: float, peak: float | None, n_gpus: i
     if not peak:
         return None
     return tokens_per_s * flops_per_tok / (peak * n_gpus)
+
+
+def device_memory_bytes(device: torch.device | str) -> int | None:
+    """Total memory of `device` in bytes: a GPU's own memory, or for the CPU the machine's RAM (or the cgroup's
+    limit, when a container sets a lower one); None where it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type != "cpu":
+        return None
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total

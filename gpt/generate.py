@@ -26,10 +26,25 @@ from collections.abc import Iterator
 import torch
 
 from gpt.model import GPT, KVCache
-from gpt.ops import BACKENDS
+from gpt.ops import BACKENDS, check_backend_runs, resolve_device
 
 # ---------------------------------------------------------------------------------------------------------
 # Sampling
+
+
+class GenerationError(ValueError):
+    """Generation cannot go on: the model's logits are not finite (diverged or corrupt weights)."""
+
+
+def check_logits(logits: torch.Tensor) -> None:
+    """GenerationError when next-token logits (B, V) hold NaN or +inf, or a row is -inf throughout: there is no
+    distribution to sample from (softmax would give NaN, and argmax an arbitrary token). -inf alone is a mask."""
+    finite_max = logits.float().amax(dim=-1)
+    if bool(torch.isnan(logits).any() | torch.isinf(finite_max).any()):
+        raise GenerationError(
+            "the model's next-token logits are not finite (NaN or infinite): its weights have diverged or are "
+            "corrupt, so there is nothing to sample from"
+        )
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -70,8 +85,10 @@ def sample_next(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Next token ids (B,) from logits (B, V): temperature 0 is greedy (argmax); otherwise divide by the
-    temperature, apply top-k, then top-p, and draw from the softmax with `generator`."""
+    temperature, apply top-k, then top-p, and draw from the softmax with `generator`. GenerationError for
+    logits that are not finite (`check_logits`)."""
     check_sampling_args(temperature, top_k, top_p)
+    check_logits(logits)
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -182,27 +199,70 @@ class TextStream:
 # `gpt generate`
 
 
-def _load(args, ap: argparse.ArgumentParser):
-    """(model, tokenizer) from --checkpoint or --hf; clear errors exit with status 2."""
-    from gpt.checkpoint import CheckpointError, model_from_checkpoint
-    from gpt.config import ConfigError
-    from gpt.hf import HFError, from_hf, tokenizer_for_hf
+class ArgumentError(ValueError):
+    """A prompt, device or backend that cannot be used here; the message names the argument and says why."""
 
+
+def _load(args, device: torch.device):
+    """(model, tokenizer) from --checkpoint or --hf on `device`. Without --backend, a checkpoint's backend
+    that cannot run here (triton, trained on a GPU) gives way to "auto": the same math on torch's ops."""
+    from gpt.checkpoint import CheckpointError, model_from_checkpoint
+    from gpt.hf import from_hf, tokenizer_for_hf
+
+    if args.backend is not None:
+        try:
+            check_backend_runs(args.backend, device)
+        except ValueError as e:
+            raise ArgumentError(f"--backend {args.backend}: {e}") from None
+    if args.checkpoint:
+        model, tok, _ = model_from_checkpoint(args.checkpoint, device, args.backend)
+        if tok is None:
+            raise CheckpointError(f"{args.checkpoint} has no tokenizer record, so prompts cannot be encoded")
+    else:
+        model = from_hf(args.hf, device=device, backend=args.backend or "auto")
+        tok = tokenizer_for_hf(args.hf)
     try:
-        if args.checkpoint:
-            model, tok, _ = model_from_checkpoint(args.checkpoint, args.device, args.backend)
-            if tok is None:
-                raise CheckpointError(f"{args.checkpoint} has no tokenizer record, so prompts cannot be encoded")
-        else:
-            model = from_hf(args.hf, device=args.device, backend=args.backend or "auto")
-            tok = tokenizer_for_hf(args.hf)
-    except (CheckpointError, HFError, ConfigError) as e:
-        ap.exit(2, f"gpt generate: {e}\n")
+        check_backend_runs(model.config.backend, device)
+    except ValueError as e:
+        print(f"gpt generate: note: {e}; running backend 'auto' instead", file=sys.stderr)
+        model.set_backend("auto")
     return model.eval(), tok
 
 
-def _read_prompt(args) -> str:
-    return sys.stdin.read() if args.prompt == "-" else args.prompt
+def _read_prompt(prompt: str) -> str:
+    """The prompt text; `-` reads standard input, which must be open and UTF-8."""
+    if prompt != "-":
+        return prompt
+    if sys.stdin is None:
+        raise ArgumentError("--prompt -: standard input is closed")
+    try:
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+    except (OSError, ValueError) as e:
+        raise ArgumentError(f"--prompt -: cannot read standard input ({e})") from None
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ArgumentError(
+            f"--prompt -: standard input is not UTF-8 text (bad byte {data[e.start : e.start + 1]!r} at byte "
+            f"offset {e.start})"
+        ) from None
+
+
+def _start_ids(tok) -> list[int]:
+    """Where an empty prompt starts: after <|endoftext|>, as GPT-2 was trained; else after a newline, as the
+    trainer samples a character model."""
+    if tok.eot_id is not None:
+        return [tok.eot_id]
+    from gpt.tokenizer import TokenizerError
+
+    try:
+        return tok.encode("\n")
+    except TokenizerError:
+        raise ArgumentError(
+            "empty prompt, and this tokenizer has neither <|endoftext|> nor a newline to start from: give --prompt"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,20 +296,34 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     if args.max_new_tokens < 0 or args.num_samples < 1:
         ap.error("--max-new-tokens must be >= 0 and --num-samples >= 1")
+    if args.seed is not None and not -(2**63) <= args.seed < 2**64:
+        ap.error(f"--seed must fit in 64 bits, got {args.seed}")
 
+    from gpt.checkpoint import CheckpointError
+    from gpt.config import ConfigError
+    from gpt.hf import HFError
     from gpt.tokenizer import TokenizerError
 
-    model, tok = _load(args, ap)
-    text = _read_prompt(args)
     try:
-        ids = tok.encode(text)
-    except TokenizerError as e:
-        ap.exit(2, f"gpt generate: prompt: {e}\n")
-    if not ids:
-        if tok.eot_id is None:
-            ap.exit(2, "gpt generate: empty prompt; this tokenizer has no <|endoftext|> to start from\n")
-        ids = [tok.eot_id]  # unconditional sampling starts after an end-of-text, as GPT-2 was trained
-        text = ""
+        try:
+            device = resolve_device(args.device)
+        except ValueError as e:
+            raise ArgumentError(f"--device {e}") from None
+        text = _read_prompt(args.prompt)  # before loading: a closed or undecodable stdin fails at once
+        model, tok = _load(args, device)
+        try:
+            ids = tok.encode(text)
+        except TokenizerError as e:
+            raise ArgumentError(f"prompt: {e}") from None
+        if not ids:
+            ids, text = _start_ids(tok), ""
+        return _write_samples(args, model, tok, ids, text, temperature)
+    except (CheckpointError, HFError, ConfigError, TokenizerError, ArgumentError, GenerationError) as e:
+        ap.exit(2, f"gpt generate: error: {e}\n")
+
+
+def _write_samples(args, model: GPT, tok, ids: list[int], text: str, temperature: float) -> int:
+    """Stream `num_samples` samples to standard output, each after the prompt text."""
     ctx = model.config.context_length
     if len(ids) > ctx:
         print(

@@ -18,8 +18,11 @@ must be on disk.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -29,6 +32,7 @@ from gpt.model import GPT
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 MASK_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+HF_LAYER = re.compile(r"^h\.(\d+)\.")
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 TOKENIZER_RECORD = "tritongpt_tokenizer.json"  # our tokenizer, so `gpt generate --hf` can read a char model back
 
@@ -74,6 +78,9 @@ def config_from_hf(hf: dict, where: str = "config.json", drop_rate: float = 0.0)
     for key, (value, allowed) in checks.items():
         if value not in allowed:
             raise HFError(f"{where}: {key}={value!r} is not supported (this GPT needs {allowed[-1]!r})")
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool):
+        raise HFError(f"{where}: layer_norm_epsilon must be a number, got {eps!r}")
     try:
         return GPTConfig(
             vocab_size=hf.get("vocab_size", 50257),
@@ -85,7 +92,7 @@ def config_from_hf(hf: dict, where: str = "config.json", drop_rate: float = 0.0)
             qkv_bias=True,
             tie_weights=hf.get("tie_word_embeddings", True),
             norm_placement="pre",
-            ln_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+            ln_eps=float(eps),
         )
     except (ConfigError, TypeError) as e:
         raise HFError(f"{where}: {e}") from None
@@ -225,22 +232,53 @@ def from_hf(
     drop_rate: float = 0.0,
 ) -> GPT:
     """Our GPT (eval mode) with the weights of a local Hugging Face GPT-2 folder."""
+    from gpt.model import check_model_fits
+
     path = Path(path).expanduser()
-    cfg = config_from_hf(read_hf_config(path), f"{path / 'config.json'}", drop_rate)
+    where = f"{path / 'config.json'}"
+    cfg = config_from_hf(read_hf_config(path), where, drop_rate)
     cfg.backend = backend
+    try:
+        check_model_fits(cfg, device, torch.finfo(dtype).bits // 8, f"loading it in {dtype}")
+    except ConfigError as e:
+        raise HFError(f"{where}: {e}") from None
+    raw = load_hf_state_dict(path)
+    layers = {int(m.group(1)) for k in raw if (m := HF_LAYER.match(k.removeprefix("transformer.")))}
+    n_layers = max(layers) + 1 if layers else 0
+    if n_layers != cfg.n_layers:  # checked before building: n_layer = 100000 fails at once, not after minutes
+        raise HFError(f"{where}: n_layer={cfg.n_layers}, but the weights in {path} hold {n_layers} layers")
     with torch.device("meta"):  # no random init of weights about to be replaced (gpt2-xl: 1.5 B)
         model = GPT(cfg)
-    sd = state_dict_from_hf(load_hf_state_dict(path), model, f"{path}: ")
+    sd = state_dict_from_hf(raw, model, f"{path}: ")
     model.load_state_dict(sd, assign=True)
     if cfg.tie_weights:
         model.lm_head.weight = model.transformer.wte.weight  # assign=True gave each its own Parameter
     return model.to(device=device, dtype=dtype).eval()
 
 
-def to_hf(model: GPT, out: str | Path, tokenizer=None) -> Path:
+# Names of the Hugging Face layout (weights, configs, tokenizer files of any tool). An export with force=True
+# removes those it does not write itself, so no earlier export's tokenizer or weights is loaded beside the new model.
+HF_LAYOUT_FILES = re.compile(
+    r"^(config\.json|generation_config\.json|.*\.safetensors|.*\.bin|.*\.index\.json|.*\.msgpack|.*\.h5|"
+    r"tokenizer.*\.json|vocab\.(json|txt)|merges\.txt|special_tokens_map\.json|added_tokens\.json|"
+    + re.escape(TOKENIZER_RECORD)
+    + r")$"
+)
+
+
+def to_hf(model: GPT, out: str | Path, tokenizer=None, force: bool = False) -> Path:
     """Write `model` to folder `out` as config.json + model.safetensors, plus the tokenizer: GPT-2 BPE as
-    vocab.json / merges.txt (so `transformers` reads it too), and ours as tritongpt_tokenizer.json."""
+    vocab.json / merges.txt (so `transformers` reads it too), and ours as tritongpt_tokenizer.json.
+
+    `out` must be missing or empty (HFError otherwise); `force=True` replaces an earlier export there: every
+    file of the Hugging Face layout (`HF_LAYOUT_FILES`) that this export does not write is removed, anything
+    else is left alone. The files are written into a temporary folder inside `out` and moved into place only
+    once all of them are written, so a failure (a full disk, Ctrl-C) leaves `out` as it was.
+    """
+    from gpt.files import OutputError, check_output_dir, default_file_mode, fsync_dir, signals_deferred, temp_name
+
     try:
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
     except ImportError:
         raise HFError("writing model.safetensors needs the safetensors package (pip install safetensors)") from None
@@ -249,13 +287,50 @@ def to_hf(model: GPT, out: str | Path, tokenizer=None) -> Path:
     eot = getattr(tokenizer, "eot_id", None) if getattr(tokenizer, "name", None) == "gpt2" else None
     config = config_to_hf(model.config, eot)
     out = Path(out).expanduser()
+    check_output_dir(out, "export folder")
+    existing = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if existing and not force:
+        raise HFError(
+            f"{out} is not empty ({_few('it holds', existing)}): export into a new folder, or pass --force to "
+            "replace the earlier export there"
+        )
+    created = [p for p in (out, *out.parents) if not p.exists()][::-1]  # folders this call makes, outermost first
     out.mkdir(parents=True, exist_ok=True)
-    save_file(state_dict_to_hf(model), str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    if tokenizer is not None:
-        save_tokenizer(tokenizer, out / TOKENIZER_RECORD)
-        if tokenizer.name == "gpt2":
-            _write_gpt2_tokenizer_files(out, model.config.context_length)
+    stage = temp_name(out / "export")
+    try:
+        stage.mkdir()
+        weights = stage / "model.safetensors"
+        try:
+            save_file(state_dict_to_hf(model), str(weights), metadata={"format": "pt"})
+        except SafetensorError as e:
+            raise OutputError(f"cannot write {out / weights.name}: {e}") from None
+        os.chmod(weights, default_file_mode())  # safetensors makes it 0600 through a temporary file
+        (stage / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if tokenizer is not None:
+            save_tokenizer(tokenizer, stage / TOKENIZER_RECORD)
+            if tokenizer.name == "gpt2":
+                _write_gpt2_tokenizer_files(stage, model.config.context_length)
+        written = sorted(p.name for p in stage.iterdir())
+        in_the_way = [name for name in written if (out / name).is_dir()]
+        if in_the_way:
+            raise OutputError(f"cannot write {out / in_the_way[0]}: a folder of that name is in the way")
+        for name in written:
+            with open(stage / name, "rb") as f:
+                os.fsync(f.fileno())
+        with signals_deferred():  # the swap completes once begun
+            for name in written:
+                os.replace(stage / name, out / name)
+            for p in out.iterdir():
+                if p.name not in written and p.is_file() and HF_LAYOUT_FILES.match(p.name):
+                    p.unlink()
+        stage.rmdir()
+        fsync_dir(out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        for d in reversed(created):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
     return out
 
 

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from gpt.config import ConfigError, add_set_argument, load_model_config
+from gpt.config import add_set_argument, load_model_config
 
 BACKEND_NOTES = {
     "torch": "the from-scratch reference layers (kernels.reference)",
@@ -33,23 +33,24 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
 
-    from gpt.model import GPT
+    from gpt.model import GPT, check_model_fits, param_count
+    from gpt.ops import check_backend_runs
 
     try:
         cfg = load_model_config(args.config, args.set)
-    except ConfigError as e:
-        ap.exit(2, f"gpt info: {e}\n")
-    with torch.device("meta"):  # counts without allocating: GPT-2 XL needs no 6 GB here
-        model = GPT(cfg)
+        if args.forward:
+            check_model_fits(cfg, "cpu", 4, "a forward pass in fp32")
+            check_backend_runs(cfg.backend, "cpu")
+    except ValueError as e:  # a ConfigError, or a backend that cannot run here
+        ap.exit(2, f"gpt info: error: {e}\n")
+    n = param_count(cfg)  # from the config: nothing is built, so any size is counted at once
     print(f"config        {args.config}")
     for k, v in vars(cfg).items():
         print(f"  {k:<16}{v}")
     print(f"backend       {cfg.backend}: {BACKEND_NOTES[cfg.backend]}")
-    print(f"parameters    {model.num_params():,}")
-    print(f"  without position embedding  {model.num_params(non_embedding=True):,}")
-    print(
-        f"size          {model.size_mb(torch.float32):,.2f} MB (fp32)   {model.size_mb(torch.bfloat16):,.2f} MB (bf16)"
-    )
+    print(f"parameters    {n:,}")
+    print(f"  without position embedding  {param_count(cfg, non_embedding=True):,}")
+    print(f"size          {n * 4 / 2**20:,.2f} MB (fp32)   {n * 2 / 2**20:,.2f} MB (bf16)")
     if args.forward:
         model = GPT(cfg).eval()
         T = min(cfg.context_length, 64)

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt.config import GPTConfig
+from gpt.config import ConfigError, GPTConfig
 from gpt.ops import Ops
 
 
@@ -227,3 +227,43 @@ class GPT(nn.Module):
     def size_mb(self, dtype: torch.dtype = torch.float32) -> float:
         """Size of the parameters in MB (2**20 bytes) when stored in `dtype`."""
         return self.num_params() * torch.finfo(dtype).bits / 8 / 2**20
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Size from the config alone: counted before anything is built, so an impossible size fails at once
+
+TRAINING_BYTES_PER_PARAM = 16  # fp32 weights, gradients and AdamW's two moments
+
+
+def param_count(cfg: GPTConfig, non_embedding: bool = False) -> int:
+    """`GPT(cfg).num_params(non_embedding)` from the config alone (tied weights counted once):
+
+    embeddings V C + T C; per layer 12 C^2 + 10 C (+ 3 C q/k/v bias); final LayerNorm 2 C; head V C if untied.
+    """
+    V, T, C, L = cfg.vocab_size, cfg.context_length, cfg.emb_dim, cfg.n_layers
+    per_layer = 12 * C * C + 10 * C + (3 * C if cfg.qkv_bias else 0)  # 2 LayerNorms, attention, MLP
+    n = V * C + T * C + L * per_layer + 2 * C + (0 if cfg.tie_weights else V * C)
+    return n - T * C if non_embedding else n
+
+
+class ModelTooLarge(ConfigError):
+    """A config whose model cannot fit in the memory of the device it is meant for; the message has the numbers."""
+
+
+def check_model_fits(cfg: GPTConfig, device: torch.device | str, bytes_per_param: int, purpose: str) -> int:
+    """The parameter count of `cfg`, after making sure `bytes_per_param` bytes per parameter (4 for fp32
+    weights, `TRAINING_BYTES_PER_PARAM` for training) fit in the device's total memory; ModelTooLarge names
+    the shape, the count and both sizes otherwise. A lower bound: activations come on top."""
+    from gpt.flops import device_memory_bytes
+
+    n = param_count(cfg)
+    need = n * bytes_per_param
+    have = device_memory_bytes(device)
+    if have is not None and need > have:
+        raise ModelTooLarge(
+            f"the model (n_layers={cfg.n_layers}, emb_dim={cfg.emb_dim}, vocab_size={cfg.vocab_size}, "
+            f"context_length={cfg.context_length}) has {n:,} parameters: {purpose} needs at least "
+            f"{need / 2**30:,.1f} GiB ({bytes_per_param} bytes per parameter), but {device} has "
+            f"{have / 2**30:,.1f} GiB in all"
+        )
+    return n

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import types
 
+import torch
+
 import kernels
 
 BACKENDS = ("auto", "torch", "native", "triton")
@@ -48,3 +50,40 @@ class Ops:
 
     def attention(self, q, k, v, causal=True, dropout_p=0.0, scale=None):
         return self.implementation(q).attention(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)
+
+
+def check_backend_runs(backend: str, device) -> None:
+    """ValueError unless `backend` can run on `device`: `triton` needs a CUDA device, or the CPU with Triton's
+    interpreter switched on (TRITON_INTERPRET=1 before the kernels are imported). Checked before a model is
+    built, so the failure is one line at start-up instead of a traceback inside the first forward pass."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    device = torch.device(device)
+    if backend != "triton" or device.type == "cuda":
+        return
+    from kernels._common import interpreter_enabled
+
+    if device.type == "cpu" and interpreter_enabled():
+        return
+    raise ValueError(
+        f"backend 'triton' cannot run on {device}: the Triton kernels need a CUDA GPU (or, on the CPU, Triton's "
+        "interpreter: TRITON_INTERPRET=1); use backend 'native' or 'torch' here"
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch.device a command-line `--device` names (cpu, cuda, cuda:N); ValueError saying what is wrong
+    for a name torch does not know, a device type other than those, or a GPU this machine does not have."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"{name!r}: only cpu and cuda devices are supported")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{name!r}: torch sees no CUDA GPU on this machine")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"{name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device

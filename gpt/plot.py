@@ -11,6 +11,8 @@ import json
 import math
 from pathlib import Path
 
+from gpt.files import atomic_write
+
 
 def read_curves(metrics_path: str | Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """(train [(step, loss)], val [(step, val_loss)]) from a metrics.jsonl, non-finite values dropped."""
@@ -18,11 +20,13 @@ def read_curves(metrics_path: str | Path) -> tuple[list[tuple[int, float]], list
     path = Path(metrics_path)
     if not path.is_file():
         return train, val
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a crash
+        if not isinstance(rec, dict):
+            continue
         kind = rec.get("kind")
         if kind == "train" and _finite(rec.get("loss")):
             train.append((rec["step"], rec["loss"]))
@@ -40,8 +44,6 @@ def write_loss_png(metrics_path: str | Path, png_path: str | Path, title: str = 
     train, val = read_curves(metrics_path)
     if not train and not val:
         return None
-    png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.name}.tmp")
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -58,7 +60,7 @@ def write_loss_png(metrics_path: str | Path, png_path: str | Path, title: str = 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(png_path)
-    return png_path
+    try:  # whole or not at all: a full disk leaves the previous plot and no temporary file
+        return atomic_write(png_path, lambda f: fig.savefig(f, format="png"))
+    finally:
+        plt.close(fig)

@@ -14,13 +14,16 @@ learning rate rises linearly over `warmup_steps`, then follows a cosine down to 
 `lr_decay_steps` (default: the last step) and stays there. AdamW decays only the matrices (parameters with
 two or more dimensions: linear weights and embeddings), never biases or LayerNorm parameters.
 
-A run folder (`out_dir`) holds `metrics.jsonl` (one JSON record per logged step, eval and skipped step),
-`loss.png` and `ckpt-<step>.pt` checkpoints (the last `keep_checkpoints`); a fresh run in a used folder moves
-the earlier run's files to `previous/`. A checkpoint has everything a
-step depends on (weights, AdamW state, step, sampler position, every RNG), so on CPU a resumed run is
-bit-identical to one that never stopped. Ctrl-C (or SIGTERM) finishes the current step, saves and exits.
-A step whose loss or gradient norm is not finite is skipped (the weights are not touched); after
-`max_bad_steps` of them in a row the run stops with an error.
+A run folder (`out_dir`) holds `metrics.jsonl` (one strict JSON record per logged step, eval and skipped
+step; `null` for a non-finite number), `loss.png` and `ckpt-<step>.pt` checkpoints (the last `keep_checkpoints`
+readable ones); a fresh run in a used folder moves the earlier run's files to the first free `previous-N/`,
+after the data, configs and folder have been checked. A checkpoint has everything a step depends on (weights,
+AdamW state, step, sampler position, every RNG), so on CPU a resumed run is bit-identical to one that never
+stopped; resuming refuses data prepared with another tokenizer. Ctrl-C (or SIGTERM) finishes the current step,
+saves and exits. A step whose loss or gradient norm is not finite is skipped (the weights are not touched);
+after `max_bad_steps` of them in a row, or at a non-finite validation loss, the run stops with exit status 1
+and saves nothing. A checkpoint that cannot be written (a full disk) is tried again after a pause; if it still
+fails the run stops with exit status 2, naming the last good checkpoint.
 
 Limits: MFU is reported against the dense bf16 peak of the GPUs in `gpt.flops`; on CPU and on
 unknown GPUs it is left out. A resumed DDP run restores each rank's RNG only when the world size is the same.
@@ -35,7 +38,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import threading
@@ -55,6 +57,7 @@ from gpt.checkpoint import (
     load_newest_good,
     model_payload,
     prune_checkpoints,
+    readable,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -70,13 +73,17 @@ from gpt.config import (
     parse_overrides,
     section,
 )
-from gpt.data import DataError, WindowSampler, open_tokens
+from gpt.data import DataError, WindowSampler, check_token_range, open_tokens
+from gpt.files import OutputError, atomic_write, check_output_dir, os_error_message, signals_deferred
 from gpt.flops import device_peak_flops, flops_per_token, mfu
-from gpt.generate import generate
-from gpt.model import GPT
+from gpt.generate import GenerationError, generate
+from gpt.model import GPT, TRAINING_BYTES_PER_PARAM, check_model_fits
+from gpt.ops import check_backend_runs
 from gpt.prepare import DataConfig, load_meta
 from gpt.progress import ProgressLine, bar, fmt_rate, fmt_time
 from gpt.tokenizer import TokenizerError, tokenizer_from_dict
+
+SAVE_RETRY_WAITS_S = (10.0, 60.0)  # pauses before the 2nd and 3rd attempt at a checkpoint that failed to save
 
 Precision = Literal["auto", "fp32", "bf16"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -143,10 +150,22 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.seed < 2**32:  # numpy's global seed takes 32 bits
             raise ConfigError(f"train.seed must be in [0, 2**32), got {self.seed}")
+        for f in dataclasses.fields(self):  # nan passes no range check below and inf no sensible one
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"train.{f.name} must be a finite number, got {value}")
+        if self.lr < 0:
+            raise ConfigError(f"train.lr must be >= 0, got {self.lr}")
         if not 0.0 <= self.min_lr <= self.lr:
             raise ConfigError(f"train.min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
-        if self.grad_clip < 0 or self.weight_decay < 0 or self.max_time_s < 0:
-            raise ConfigError("train.grad_clip, train.weight_decay and train.max_time_s must be >= 0")
+        for name in ("beta1", "beta2"):  # AdamW's moment decays
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.eps <= 0:
+            raise ConfigError(f"train.eps must be > 0 (AdamW divides by sqrt(v) + eps), got {self.eps}")
+        for name in ("grad_clip", "weight_decay", "max_time_s", "temperature"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -176,6 +195,27 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None, so `json.dumps(..., allow_nan=False)` writes
+    strict JSON (bare NaN and Infinity are not JSON; strict parsers reject them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def _tokenizer_name(record: Any) -> str:
+    """'gpt2' or 'char (65 characters)', for messages that compare two tokenizer records."""
+    if not isinstance(record, dict):
+        return repr(record)
+    if record.get("type") == "char":
+        return f"char ({len(str(record.get('chars', '')))} characters)"
+    return str(record.get("type"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -217,7 +257,7 @@ def setup_distributed(device_pref: str) -> tuple[Dist, torch.device]:
 
 
 class TrainingStopped(RuntimeError):
-    """Too many non-finite steps in a row."""
+    """The run cannot go on: too many non-finite steps in a row, or a non-finite validation loss."""
 
 
 class Trainer:
@@ -239,10 +279,11 @@ class Trainer:
             bf16_ok = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
             self.precision = "bf16" if bf16_ok else "fp32"
         self.run_dir = Path(cfg.out_dir)
+        # everything is checked before anything on disk is touched (an earlier run is set aside only at the end)
+        self._check_where_it_runs(model_cfg.backend)
 
         # data
-        self.meta = load_meta(data_cfg.dir)
-        self.tok = tokenizer_from_dict(self.meta["tokenizer"])
+        self.meta, self.tok = self._read_data_meta(data_cfg.dir)
         data_vocab = int(self.meta["vocab_size"])
         if data_vocab > model_cfg.vocab_size:
             raise ConfigError(
@@ -264,6 +305,7 @@ class Trainer:
             name=str(d / "train.bin"),
         )
         val_tokens = open_tokens(d / "val.bin")
+        self._check_token_ids({d / "train.bin": self.sampler.tokens, d / "val.bin": val_tokens}, data_vocab)
         val = WindowSampler(val_tokens, T, cfg.batch_size, cfg.seed, 1, self.dist.world_size, name=str(d / "val.bin"))
         self.val_batches = val.fixed_batches(cfg.eval_batches, self.dist.rank)
         self.tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size * T
@@ -273,6 +315,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
+        check_model_fits(model_cfg, self.device, TRAINING_BYTES_PER_PARAM, "training with AdamW in fp32")
         self.model = GPT(model_cfg).to(self.device)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, cfg.weight_decay),
@@ -304,6 +347,56 @@ class Trainer:
         self._stop_requested = False  # set by the signal handler, on this rank only
         self._stop_agreed = False  # some rank had a stop request at the last step's all-reduce
         self._time_up = False  # set when max_time_s has passed; agreed on by all ranks in train_step
+
+    # ------------------------------------------------------------------ start-up checks
+    def _check_where_it_runs(self, backend: str) -> None:
+        """The backend runs on this device and the run folder can take files (rank 0 writes them)."""
+        try:
+            check_backend_runs(backend, self.device)
+        except ValueError as e:
+            raise ConfigError(f"model.backend: {e}") from None
+        if self.dist.master:
+            check_output_dir(self.run_dir, "train.out_dir")
+
+    def _read_data_meta(self, data_dir: str) -> tuple[dict[str, Any], Any]:
+        """meta.json of the prepared data and its tokenizer; DataError naming the file for a missing or bad
+        tokenizer record or vocabulary size."""
+        meta = load_meta(data_dir)
+        where = Path(data_dir) / "meta.json"
+        if not isinstance(meta.get("tokenizer"), dict):
+            raise DataError(f"{where} has no 'tokenizer' record: prepare the data again (gpt prepare)")
+        vocab = meta.get("vocab_size")
+        if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+            raise DataError(f"{where}: 'vocab_size' must be a positive integer, got {vocab!r}")
+        try:
+            tok = tokenizer_from_dict(meta["tokenizer"])
+        except TokenizerError as e:
+            raise DataError(f"{where}: bad tokenizer record: {e}") from None
+        if tok.vocab_size != vocab:
+            raise DataError(f"{where}: vocab_size {vocab} does not match its tokenizer's {tok.vocab_size}")
+        return meta, tok
+
+    @staticmethod
+    def _check_token_ids(files: dict[Path, np.ndarray], vocab_size: int) -> None:
+        for name, tokens in files.items():
+            check_token_range(tokens, vocab_size, name)
+
+    def _check_same_tokenizer(self, path: Path, ckpt: dict[str, Any]) -> None:
+        """--resume: the prepared data must use the tokenizer the checkpoint was trained with."""
+        saved, mine = ckpt.get("tokenizer"), self.tok.to_dict()
+        if saved == mine:
+            return
+        detail = ""
+        if isinstance(saved, dict) and saved.get("type") == mine.get("type") == "char":
+            a, b = set(str(saved.get("chars", ""))), set(mine["chars"])
+            detail = f" (characters only in the checkpoint's: {''.join(sorted(a - b))!r}; only in the data's: "
+            detail += f"{''.join(sorted(b - a))!r})"
+        data_dir = ckpt.get("data_config", {}).get("dir", "?") if isinstance(ckpt.get("data_config"), dict) else "?"
+        raise CheckpointError(
+            f"--resume: {path} was trained on {data_dir} with the {_tokenizer_name(saved)} tokenizer, but the "
+            f"prepared data in {self.data_cfg.dir} uses the {_tokenizer_name(mine)} tokenizer{detail}; resume with "
+            "the data it was trained on, or start a fresh run"
+        )
 
     # ------------------------------------------------------------------ state
     def autocast(self):
@@ -341,9 +434,11 @@ class Trainer:
 
     def _resume(self) -> None:
         # to the CPU: the RNG states must be CPU tensors; load_state_dict moves weights and AdamW state over
-        found = load_newest_good(self.run_dir, map_location="cpu", warn=self.log)
+        skipped: list[str] = []
+        found = load_newest_good(self.run_dir, map_location="cpu", warn=lambda m: (skipped.append(m), self.log(m)))
         if found is None:
-            raise CheckpointError(f"--resume: no usable checkpoint in {self.run_dir}")
+            detail = "; ".join(skipped) or "no ckpt-NNNNNNNN.pt files"
+            raise CheckpointError(f"--resume: no usable checkpoint in {self.run_dir} ({detail})")
         path, ckpt = found
         saved = ckpt["model_config"]
         mine = dataclasses.asdict(self.model_cfg)
@@ -351,11 +446,15 @@ class Trainer:
         if diff:
             changes = ", ".join(f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in diff)
             raise CheckpointError(f"--resume: {path} was trained with a different model config ({changes})")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.step = int(ckpt["step"])
-        self.bad_steps = int(ckpt.get("bad_steps", 0))
-        self.best_val = float(ckpt.get("best_val_loss", float("inf")))
+        self._check_same_tokenizer(path, ckpt)
+        try:  # a file that loads but whose entries do not fit: a named error, never a traceback
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.step = int(ckpt["step"])
+            self.bad_steps = int(ckpt.get("bad_steps", 0))
+            self.best_val = float(ckpt.get("best_val_loss", float("inf")))
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"--resume: {path} does not fit this model and optimizer: {e}") from None
         s = ckpt.get("sampler", {})
         if (s.get("batch_size"), s.get("grad_accum"), s.get("world_size")) != (
             self.cfg.batch_size,
@@ -365,10 +464,14 @@ class Trainer:
             self.log(f"note: the batch layout changed since {path.name}; the data order will differ")
         ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
         if len(ranks) == self.dist.world_size:
-            set_rng_state(ranks[self.dist.rank])
+            try:
+                set_rng_state(ranks[self.dist.rank])
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                raise CheckpointError(f"--resume: {path} has an unusable RNG state: {e}") from None
         else:
             torch.manual_seed(self.cfg.seed + self.dist.rank + self.step)
-        changed = sorted(k for k, v in dataclasses.asdict(self.cfg).items() if ckpt["train_config"].get(k) != v)
+        saved_cfg = ckpt.get("train_config") if isinstance(ckpt.get("train_config"), dict) else {}
+        changed = sorted(k for k, v in dataclasses.asdict(self.cfg).items() if saved_cfg.get(k) != v)
         if changed:
             self.log(f"note: train config differs from {path.name} in: {', '.join(changed)}")
         self.resumed_from = path
@@ -382,25 +485,32 @@ class Trainer:
             self.progress.print(text)
 
     def record(self, rec: dict[str, Any]) -> None:
+        """Append one record to metrics.jsonl as strict JSON: a non-finite number is written as null."""
         if not self.dist.master:
             return
+        line = json.dumps(strict_json(rec), allow_nan=False)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+            f.write(line + "\n")
 
     def _set_aside_previous_run(self) -> None:
-        """A fresh run in a used folder: move the old checkpoints and metrics to `previous/` (replacing any
-        older `previous/`), so `--resume` can never pick up a checkpoint of the earlier run."""
+        """A fresh run in a used folder: move the earlier run's checkpoints, metrics and plot into the first
+        free `previous-N/` (N = 1, 2, ...), so `--resume` can never pick up a checkpoint of the earlier run and
+        nothing of it is lost. Ctrl-C waits until the move is complete."""
         old = [p for _, p in list_checkpoints(self.run_dir)]
         old += [p for p in (self.run_dir / "metrics.jsonl", self.run_dir / "loss.png") if p.is_file()]
         if not old:
             return
-        prev = self.run_dir / "previous"
-        if prev.is_dir():
-            shutil.rmtree(prev)
-        prev.mkdir()
-        for p in old:
-            p.rename(prev / p.name)
+        with signals_deferred():
+            for n in range(1, 1_000_000):
+                prev = self.run_dir / f"previous-{n}"
+                try:
+                    prev.mkdir()
+                    break
+                except FileExistsError:
+                    continue
+            for p in old:
+                p.rename(prev / p.name)
         self.log(f"note: {self.run_dir} held an earlier run; its checkpoints and metrics are now in {prev}")
 
     def _truncate_metrics(self, step: int) -> None:
@@ -409,13 +519,14 @@ class Trainer:
         if not path.is_file():
             return
         keep = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
             try:
                 if json.loads(line).get("step", 0) <= step:
                     keep.append(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, AttributeError):  # a line cut short by a crash, or not a record
                 continue
-        path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+        text = "".join(k + "\n" for k in keep).encode("utf-8", errors="surrogateescape")
+        atomic_write(path, lambda f: f.write(text))
 
     # ------------------------------------------------------------------ one step
     def accumulate_gradients(self, step: int) -> torch.Tensor:
@@ -508,15 +619,18 @@ class Trainer:
             ids = [self.tok.eot_id if self.tok.eot_id is not None else 0]
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         with self.autocast():
-            out = generate(
-                self.model,
-                idx,
-                n_tokens,
-                temperature=self.cfg.temperature,
-                top_k=self.cfg.top_k or None,
-                generator=gen,
-                vocab_size=self.tok.vocab_size,
-            )
+            try:
+                out = generate(
+                    self.model,
+                    idx,
+                    n_tokens,
+                    temperature=self.cfg.temperature,
+                    top_k=self.cfg.top_k or None,
+                    generator=gen,
+                    vocab_size=self.tok.vocab_size,
+                )
+            except GenerationError as e:  # non-finite logits: the weights diverged
+                raise TrainingStopped(f"stopping at step {self.step}: sampling failed: {e}") from None
         return self.tok.decode(out[0, len(ids) :].tolist())
 
     def eval_and_log(self) -> float:
@@ -525,6 +639,7 @@ class Trainer:
         self.last_val = val
         self.best_val = min(self.best_val, val)
         rec = {"kind": "eval", "step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50.0))}
+        self._stop_if_diverged(val, rec)
         text = ""
         if self.dist.master and self.cfg.sample_tokens:
             text = self.sample(self.cfg.sample_tokens)
@@ -536,23 +651,73 @@ class Trainer:
             self.log("  | " + text.replace("\n", "\n  | "))
         return val
 
+    def _stop_if_diverged(self, val: float, rec: dict[str, Any]) -> None:
+        """A non-finite validation loss ends the run (exit 1) with nothing saved: the weights are useless."""
+        if math.isfinite(val):
+            return
+        self.record(rec)
+        raise TrainingStopped(
+            f"stopping: the validation loss is {val} at step {self.step} (the weights have diverged); no "
+            f"checkpoint saved for it. {self._last_good_note()} Lower train.lr (now {self.cfg.lr:g}) or check the data"
+        )
+
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path | None:
+        """Write this step's checkpoint (tried again after a pause if the write fails), prune, plot.
+
+        CheckpointError on every rank if rank 0 could not write it even so; the message names the last good one.
+        """
         state = self.state()  # collective under DDP
-        path = None
+        path, error = None, None
         if self.dist.master:
-            path = save_checkpoint(checkpoint_path(self.run_dir, self.step), state)
-            prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints, upto=self.step)
-            self.plot()
-        if self.dist.enabled:
-            dist.barrier()
+            try:
+                path = self._write_checkpoint(state)
+            except CheckpointError as e:
+                error = e
+        if self.dist.enabled:  # also the barrier: every rank learns whether rank 0 saved
+            failed = torch.tensor([float(error is not None)], device=self.device)
+            dist.all_reduce(failed)
+            if failed.item() and error is None:
+                error = CheckpointError(f"rank 0 could not save the checkpoint of step {self.step} (see its message)")
+        if error is not None:
+            raise error
         return path
 
+    def _write_checkpoint(self, state: dict[str, Any]) -> Path:
+        """Save, trying again after each pause of SAVE_RETRY_WAITS_S when the write fails (a full disk may be
+        freed meanwhile); then prune and plot. CheckpointError naming the last good checkpoint if every try fails."""
+        target = checkpoint_path(self.run_dir, self.step)
+        tries = 1 + len(SAVE_RETRY_WAITS_S)
+        for attempt in range(tries):
+            try:
+                path = save_checkpoint(target, state)
+                break
+            except CheckpointError as e:
+                if attempt == tries - 1:
+                    raise CheckpointError(f"{e} ({tries} attempts). {self._last_good_note()}") from e
+                wait = SAVE_RETRY_WAITS_S[attempt]
+                self.log(f"warning: {e}; trying again in {wait:g} s (attempt {attempt + 2} of {tries})")
+                time.sleep(wait)
+        prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints, upto=self.step)
+        self.plot()
+        return path
+
+    def _last_good_note(self) -> str:
+        """Where the newest readable checkpoint of this run is, for a message about a run that stopped."""
+        for step, path in reversed(list_checkpoints(self.run_dir)):
+            if step <= self.step and readable(path):
+                return f"The last good checkpoint is {path} (step {step}): resume from it with --resume."
+        return "This run has no earlier checkpoint."
+
     def plot(self) -> None:
+        """loss.png from metrics.jsonl; a plot that cannot be written is a warning, never the end of the run."""
         if self.cfg.plot and self.dist.master:
             from gpt.plot import write_loss_png
 
-            write_loss_png(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png", title=str(self.run_dir))
+            try:
+                write_loss_png(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png", title=str(self.run_dir))
+            except OSError as e:
+                self.log(f"warning: loss.png not written: {os_error_message(e)}")
 
     # ------------------------------------------------------------------ the loop
     def _on_signal(self, signum, frame) -> None:
@@ -565,7 +730,9 @@ class Trainer:
         )
 
     def fit(self) -> int:
-        """Train to max_steps (or the time budget); 0 on success, 1 after too many bad steps, 130 on Ctrl-C."""
+        """Train to max_steps (or the time budget): 0 when done, 130 after Ctrl-C (saved). TrainingStopped when
+        the run diverged (too many bad steps, a non-finite validation loss), CheckpointError when a checkpoint
+        could not be saved."""
         cfg = self.cfg
         if self.dist.master:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -582,7 +749,6 @@ class Trainer:
                 handlers[sig] = signal.signal(sig, self._on_signal)
         t_start = time.perf_counter()
         step0, tokens_seen, window_t, window_tokens = self.step, 0, time.perf_counter(), 0
-        code = 0
         try:
             while self.step < self.max_steps:
                 s = self.train_step()
@@ -652,14 +818,17 @@ class Trainer:
             )
             if self.dist.master and cfg.final_sample_tokens:
                 self.log("--- sample ---\n" + self.sample(cfg.final_sample_tokens) + "\n--------------")
-        except TrainingStopped as e:
-            self.log(str(e))
+        except TrainingStopped:
             self.plot()
-            code = 1
+            raise
+        except OutputError:
+            raise
+        except OSError as e:  # the run folder stopped taking files (a full disk): say where the good checkpoint is
+            raise OutputError(f"cannot write {os_error_message(e)}. {self._last_good_note()}") from e
         finally:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
-        return code
+        return 0
 
     def _memory(self) -> dict[str, float]:
         if self.device.type != "cuda":
@@ -710,8 +879,14 @@ def main(argv: list[str] | None = None) -> int:
         model_cfg, train_cfg, data_cfg = load_configs(args.config, args.set, args.out)
         trainer = Trainer(model_cfg, train_cfg, data_cfg, resume=args.resume)
         code = trainer.fit()
+    except TrainingStopped as e:
+        print(f"gpt train: error: {e}", file=sys.stderr)
+        code = 1
     except (ConfigError, DataError, CheckpointError, TokenizerError) as e:
         print(f"gpt train: error: {e}", file=sys.stderr)
+        code = 2
+    except OSError as e:  # a run folder that stopped taking files (full disk, removed, read-only)
+        print(f"gpt train: error: {os_error_message(e)}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print("\ngpt train: interrupted (no checkpoint written for the unfinished step)", file=sys.stderr)

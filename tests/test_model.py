@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gpt.config import GPTConfig, load_model_config
-from gpt.model import GPT
+from gpt.model import GPT, TRAINING_BYTES_PER_PARAM, ModelTooLarge, check_model_fits, param_count
 
 
 def tiny(**kw) -> GPTConfig:
@@ -126,3 +126,22 @@ def test_unknown_backend_rejected():
     model = GPT(tiny())
     with pytest.raises(ValueError, match="unknown backend"):
         model.set_backend("cuda")
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(), dict(tie_weights=False), dict(qkv_bias=False), dict(n_layers=3, emb_dim=48, n_heads=3, vocab_size=7)],
+)
+def test_param_count_from_the_config_matches_the_built_model(kw):
+    cfg = GPTConfig(**{**dict(vocab_size=101, context_length=32, emb_dim=64, n_heads=4, n_layers=2), **kw})
+    with torch.device("meta"):
+        model = GPT(cfg)
+    assert param_count(cfg) == model.num_params()
+    assert param_count(cfg, non_embedding=True) == model.num_params(non_embedding=True)
+
+
+def test_a_model_too_large_for_the_device_is_refused_before_building():
+    cfg = GPTConfig(n_layers=100_000)
+    with pytest.raises(ModelTooLarge, match=r"n_layers=100000.* 708,826,585,344 parameters.*GiB"):
+        check_model_fits(cfg, "cpu", TRAINING_BYTES_PER_PARAM, "training")
+    assert check_model_fits(GPTConfig(n_layers=1), "cpu", 4, "a forward pass") == param_count(GPTConfig(n_layers=1))

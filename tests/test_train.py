@@ -18,6 +18,7 @@ from gpt.prepare import DataConfig, prepare
 from gpt.train import (
     TrainConfig,
     Trainer,
+    TrainingStopped,
     lr_at,
     main,
     param_groups,
@@ -232,9 +233,9 @@ def test_non_finite_loss_skips_the_update(data_dir, tmp_path, capsys):
 
     stuck = Trainer(*tiny(data_dir, tmp_path / "stuck", max_bad_steps=3))
     stuck.fwd = NaNAt(stuck.model, bad_calls=range(100))
-    assert stuck.fit() == 1
-    out = capsys.readouterr().out
-    assert "3 steps in a row had a non-finite loss" in out and "update skipped" in out
+    with pytest.raises(TrainingStopped, match="3 steps in a row had a non-finite loss"):
+        stuck.fit()
+    assert "update skipped" in capsys.readouterr().out
     assert stuck.step == 3
 
 
@@ -349,10 +350,15 @@ def test_train_presets_load():
 
 
 def test_fresh_run_sets_the_previous_one_aside(data_dir, tmp_path):
-    Trainer(*tiny(data_dir, tmp_path, max_steps=4), verbose=False).fit()
-    assert [s for s, _ in list_checkpoints(tmp_path)] == [4]
-    Trainer(*tiny(data_dir, tmp_path, max_steps=2), verbose=False).fit()
+    """Every earlier run is kept, each in the next free previous-N/; nothing already there is touched."""
+    (tmp_path / "previous-1").mkdir(parents=True)
+    (tmp_path / "previous-1" / "mine.txt").write_text("the user's", encoding="utf-8")
+    for steps in (4, 3, 2):
+        Trainer(*tiny(data_dir, tmp_path, max_steps=steps), verbose=False).fit()
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
-    assert [s for s, _ in list_checkpoints(tmp_path / "previous")] == [4]
+    assert [s for s, _ in list_checkpoints(tmp_path / "previous-2")] == [4]
+    assert [s for s, _ in list_checkpoints(tmp_path / "previous-3")] == [3]
+    assert sorted(p.name for p in (tmp_path / "previous-1").iterdir()) == ["mine.txt"]
     assert list(train_losses(tmp_path)) == [1, 2]
+    assert list(train_losses(tmp_path / "previous-2")) == [1, 2, 3, 4]
     assert Trainer(*tiny(data_dir, tmp_path, max_steps=2), resume=True, verbose=False).step == 2

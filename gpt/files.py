@@ -1,0 +1,131 @@
+"""Writing outputs without losing anything: atomic replacement, the umask's file modes, writability probes,
+and OS errors as one line.
+
+    atomic_write("runs/x/ckpt-00000010.pt", lambda f: torch.save(state, f))   # temp name, fsync, rename
+    check_output_dir("runs/x", "train.out_dir")    # OutputError now, rather than after an hour of training
+    with signals_deferred():                       # Ctrl-C / SIGTERM wait until a group of renames is done
+        ...
+    os_error_message(e)                            # "runs/x/metrics.jsonl: No space left on device"
+
+Every file is first written under a hidden temporary name in its final folder (`.NAME.PID.RANDOM.tmp`), flushed
+and fsync'd, then renamed over the target: a crash, a full disk or Ctrl-C leaves the previous file whole and
+no half-written file under the real name. New files get the mode the umask gives (0644 under the usual 022),
+like any other output, not the 0600 of `tempfile.mkstemp`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+
+class OutputError(OSError):
+    """An output place that cannot be written (a file where a folder belongs, no permission, a read-only
+    file system); the message names the path. An OSError, so `os_error_message` and callers treat it alike."""
+
+
+def os_error_message(e: OSError) -> str:
+    """One line naming the file and the reason: `out/model.safetensors: No space left on device`."""
+    if isinstance(e, OutputError) or not e.strerror:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+
+
+def default_file_mode() -> int:
+    """The mode `open()` gives a new file: 0o666 less the umask (0o644 under the usual 022). For files that
+    another library creates with a narrower mode (safetensors writes 0600)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)  # no /proc: read it by setting it (and put it back at once)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def temp_name(path: str | Path) -> Path:
+    """A hidden temporary name beside `path`, unique to this process and call."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make renames and new names in `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file through `write(f)` under a temporary name, then rename it to `path`.
+
+    The file gets the umask's mode (created with 0666, as `open` does). On any failure, Ctrl-C included, the
+    temporary file is removed and `path` (if it existed) is untouched.
+    """
+    path = Path(path)
+    tmp = temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def nearest_existing(path: str | Path) -> Path:
+    """`path` itself if it exists, else its closest existing ancestor (where it would be created)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_output_dir(path: str | Path, what: str) -> None:
+    """OutputError, naming `what` and the path, unless files can be created in folder `path` -- or, when it
+    does not exist yet, in the folder it would be created in. Nothing is created or left behind: the probe is
+    an unnamed temporary file."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise OutputError(f"{what} {path}: {p} is a file, not a folder")
+        if p.exists():
+            break
+    folder = nearest_existing(path)
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise OutputError(f"{what} {path}: cannot create files in {folder} ({reason})") from None
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM are held back while the block runs and delivered after it, so a group of renames
+    (setting an earlier run aside) is never left half done. Outside the main thread: no effect."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

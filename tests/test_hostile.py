@@ -1,0 +1,1004 @@
+"""Hostile inputs and faults, one table: every case breaks a prepared world (data, config, a trained run, an
+export) or the machine (a full disk, a read-only folder, Ctrl-C, a closed pipe), runs one `gpt` command line,
+and asserts the exact outcome class and that nothing on disk changed beyond what the case declares.
+
+Outcome classes:
+- "error":   exit 2; standard error is one line `gpt CMD: error: ...` naming every culprit; no traceback.
+- "usage":   exit 2 from the argument parser: usage lines, then `gpt CMD: error: ...` naming the culprits.
+- "stopped": exit 1; one line `gpt CMD: error: ...` (a run that began but cannot go on: it diverged).
+- "ok":      exit 0, plus the case's own check of the result.
+- "interrupted": Ctrl-C: exit 130 (or death by SIGINT before Python is up); no traceback.
+- "quiet":   the reader went away: exit 141, nothing on standard error.
+
+Files: the world is snapshotted (path, mode, content) before and after; every created, changed or removed path
+must match one of the case's `changes` patterns, and every pattern must match something (an error leaves the
+world exactly as it was, temporary files included).
+
+Cases run in-process (`gpt.cli.main`) unless a signal or a pipe is involved. To add cases for another command,
+append `Case`s to `CASES` (the world already has `corpus/` text for `gpt prepare`).
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt.cli import main as gpt_main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TEXT = "".join(
+    f"{who}: the {thing} {verb} {when}, good {friend}.\n"
+    for who in ("HAMLET", "OPHELIA", "HORATIO")
+    for thing in ("ghost", "crown", "skull", "letter")
+    for verb in ("walks", "waits", "speaks")
+    for when in ("at midnight", "by day", "no more")
+    for friend in ("lord", "lady")
+)
+OTHER_TEXT = TEXT.replace("w", "Q")  # as many distinct characters, one different: another tokenizer of that size
+assert "Q" not in TEXT
+
+MODEL = dict(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=1, backend="torch")
+TRAIN_CONFIG = dict(
+    out_dir="run",
+    device="cpu",
+    batch_size=2,
+    max_steps=2,
+    warmup_steps=1,
+    eval_interval=0,
+    eval_batches=1,
+    sample_tokens=0,
+    final_sample_tokens=0,
+    log_interval=1,
+    plot=False,
+)
+CONFIG = "".join(
+    f"[{table}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+    for table, values in (("model", MODEL), ("data", {"dir": "data"}), ("train", TRAIN_CONFIG))
+)
+CKPT = "run/ckpt-00000002.pt"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The world every case starts from, built once
+
+
+@pytest.fixture(scope="module")
+def base_world(tmp_path_factory) -> Path:
+    """corpus/, data/ and data2/ (prepared, same vocabulary size, different characters), tiny.toml, run/ (a
+    trained 2-step run) and hf/ (its export)."""
+    from gpt.prepare import DataConfig, prepare
+
+    root = tmp_path_factory.mktemp("world")
+    (root / "corpus").mkdir()
+    (root / "corpus" / "play.txt").write_text(TEXT, encoding="utf-8")
+    (root / "corpus" / "other.txt").write_text(OTHER_TEXT, encoding="utf-8")
+    prepare(DataConfig(dir=str(root / "data"), inputs=[str(root / "corpus" / "play.txt")]), quiet=True)
+    prepare(DataConfig(dir=str(root / "data2"), inputs=[str(root / "corpus" / "other.txt")]), quiet=True)
+    (root / "tiny.toml").write_text(CONFIG, encoding="utf-8")
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        assert gpt_main(["train", "--config", "tiny.toml"]) == 0
+        assert gpt_main(["export", "--checkpoint", "run", "--hf", "hf"]) == 0
+        torch.set_num_threads(threads)
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cases
+
+
+@dataclass
+class Env:
+    """What a case's setup may use: the world folder, pytest's monkeypatch, and undo steps run afterwards."""
+
+    world: Path
+    monkeypatch: pytest.MonkeyPatch
+    undo: list[Callable[[], None]] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class Case:
+    id: str
+    argv: list[str]  # after `gpt`, run in the world folder
+    outcome: str  # "error", "usage", "stopped", "ok", "interrupted", "quiet"
+    culprit: tuple[str, ...] = ()  # what the message must name
+    setup: Callable[[Env], None] | None = None  # break the world or the machine
+    changes: tuple[str, ...] = ()  # fnmatch patterns of the paths the command may (and must) create/change/remove
+    check: Callable[[Path, Result], None] | None = None  # more assertions on a result
+    process: str = ""  # "sigint", "head" or "closed-stdout": run `python -m gpt` as a child process, so treated
+    stdin: str | bytes | None = None  # in-process: "closed" (sys.stdin is None) or these bytes
+
+
+# --- setup helpers ----------------------------------------------------------------------------------------
+
+
+def write(rel: str, content: str | bytes) -> Callable[[Env], None]:
+    def setup(env: Env) -> None:
+        p = env.world / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+
+    return setup
+
+
+def truncate(rel: str, n_bytes: int) -> Callable[[Env], None]:
+    def setup(env: Env) -> None:
+        p = env.world / rel
+        p.write_bytes(p.read_bytes()[:-n_bytes])
+
+    return setup
+
+
+def both(*setups: Callable[[Env], None]) -> Callable[[Env], None]:
+    def setup(env: Env) -> None:
+        for s in setups:
+            s(env)
+
+    return setup
+
+
+def edit_meta(change: Callable[[dict], object]) -> Callable[[Env], None]:
+    def setup(env: Env) -> None:
+        path = env.world / "data" / "meta.json"
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        change(meta)
+        path.write_text(json.dumps(meta), encoding="utf-8")
+
+    return setup
+
+
+def edit_checkpoint(change: Callable[[dict], object], rel: str = CKPT) -> Callable[[Env], None]:
+    def setup(env: Env) -> None:
+        path = env.world / rel
+        ckpt = torch.load(path, weights_only=True)
+        change(ckpt)
+        torch.save(ckpt, path)
+
+    return setup
+
+
+def tokens_with(rel: str, bad_id: int, at: int) -> Callable[[Env], None]:
+    """Rewrite a token file with one id replaced; the header stays valid (uint16 holds it)."""
+
+    def setup(env: Env) -> None:
+        from gpt.data import open_tokens, write_tokens
+
+        path = env.world / rel
+        tokens = open_tokens(path).copy()
+        tokens[at] = bad_id
+        write_tokens(path, tokens, 2**16 - 1)
+
+    return setup
+
+
+def read_only(rel: str) -> Callable[[Env], None]:
+    """Make a folder read-only: chmod where that binds (not root), else the immutable flag; skip if neither."""
+
+    def setup(env: Env) -> None:
+        path = env.world / rel
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o555)
+        env.undo.append(lambda: path.chmod(0o755))
+        if _writable(path):
+            if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+                pytest.skip("cannot make a folder read-only here (root without chattr)")
+            env.undo.insert(0, lambda: subprocess.run(["chattr", "-i", str(path)], check=True))
+            if _writable(path):
+                pytest.skip("cannot make a folder read-only here")
+
+    return setup
+
+
+def _writable(path: Path) -> bool:
+    try:
+        (path / ".probe").write_bytes(b"")
+    except OSError:
+        return False
+    (path / ".probe").unlink()
+    return True
+
+
+def disk_full(failures: int = 10**9, kind: str = "oserror") -> Callable[[Env], None]:
+    """torch.save writes a little, then fails as on a full disk, for the first `failures` calls; no pauses
+    between save attempts."""
+
+    def setup(env: Env) -> None:
+        import gpt.train
+
+        real_save, calls = torch.save, []
+
+        def save(obj, f, *args, **kwargs):
+            calls.append(1)
+            if len(calls) > failures:
+                return real_save(obj, f, *args, **kwargs)
+            f.write(b"PK\x03\x04" + bytes(1000))
+            if kind == "oserror":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file")
+
+        env.monkeypatch.setattr(torch, "save", save)
+        env.monkeypatch.setattr(gpt.train, "SAVE_RETRY_WAITS_S", (0.0, 0.0))
+
+    return setup
+
+
+def export_disk_full(env: Env) -> None:
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(bytes(100))
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    env.monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+
+
+def _logits_not_finite(logits: torch.Tensor) -> None:
+    from gpt.generate import GenerationError
+
+    raise GenerationError("the model's next-token logits are not finite (simulated)")
+
+
+def no_interpreter(env: Env) -> None:
+    env.monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
+def umask(mask: int) -> Callable[[Env], None]:
+    def setup(env: Env) -> None:
+        old = os.umask(mask)
+        env.undo.append(lambda: os.umask(old))
+
+    return setup
+
+
+def earlier_export_with_bpe_files(env: Env) -> None:
+    hf = env.world / "hf"
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "pytorch_model.bin"):
+        (hf / name).write_text("from an earlier GPT-2 BPE export", encoding="utf-8")
+    (hf / "README.md").write_text("the user's notes", encoding="utf-8")
+
+
+# --- check helpers ----------------------------------------------------------------------------------------
+
+
+def strict_metrics(rel: str) -> Callable[[Path, Result], None]:
+    def check(world: Path, r: Result) -> None:
+        def refuse(constant):
+            raise AssertionError(f"{rel} holds {constant}, which is not JSON")
+
+        lines = (world / rel).read_text(encoding="utf-8").splitlines()
+        recs = [json.loads(line, parse_constant=refuse) for line in lines]
+        assert any(rec["kind"] == "eval" and rec["val_loss"] is None for rec in recs), recs
+
+    return check
+
+
+def file_mode(*rels: str, mode: int) -> Callable[[Path, Result], None]:
+    def check(world: Path, r: Result) -> None:
+        for rel in rels:
+            assert stat.S_IMODE((world / rel).stat().st_mode) == mode, (rel, oct((world / rel).stat().st_mode))
+
+    return check
+
+
+def same_bytes(rel: str, base_rel: str) -> Callable[[Path, Result], None]:
+    """`rel` after the command holds what `base_rel` held in the untouched world."""
+
+    def check(world: Path, r: Result) -> None:
+        assert (world / rel).read_bytes() == (world.parent / "base" / base_rel).read_bytes(), rel
+
+    return check
+
+
+def output_has(*texts: str) -> Callable[[Path, Result], None]:
+    def check(world: Path, r: Result) -> None:
+        for t in texts:
+            assert t in r.out, (t, r.out[-500:])
+
+    return check
+
+
+def exported_char_model(world: Path, r: Result) -> None:
+    from gpt.hf import from_hf, tokenizer_for_hf
+
+    assert tokenizer_for_hf(world / "hf").name == "char"
+    assert from_hf(world / "hf", backend="torch").config.n_layers == 1
+
+
+TRAIN = ["train", "--config", "tiny.toml"]
+RESUME = [*TRAIN, "--resume", "--set", "train.max_steps=4"]
+GEN = ["generate", "--checkpoint", "run", "--max-new-tokens", "5", "--seed", "1", "--device", "cpu"]
+EXPORT = ["export", "--checkpoint", "run", "--hf"]
+
+TRAIN_CASES = [
+    Case(
+        "train: a third run into a used folder keeps both earlier runs",
+        [*TRAIN, "--set", "train.seed=5"],
+        "ok",
+        setup=both(
+            write("run/previous-1/ckpt-00000009.pt", b"an older run"), write("run/previous/mine.txt", "user file")
+        ),
+        changes=("run/ckpt-00000002.pt", "run/metrics.jsonl", "run/previous-2*"),
+        check=same_bytes("run/previous-2/ckpt-00000002.pt", CKPT),
+    ),
+    Case(
+        "train: a fresh run sets the earlier one aside into previous-1",
+        [*TRAIN, "--set", "train.plot=true", "train.seed=5"],
+        "ok",
+        changes=("run/ckpt-00000002.pt", "run/metrics.jsonl", "run/loss.png", "run/previous-1*"),
+        check=same_bytes("run/previous-1/ckpt-00000002.pt", CKPT),
+    ),
+    Case(
+        "train: checkpoints get the umask's mode (0644 under 022)",
+        [*TRAIN, "--out", "fresh"],
+        "ok",
+        setup=umask(0o022),
+        changes=("fresh*",),
+        check=file_mode("fresh/ckpt-00000002.pt", "fresh/metrics.jsonl", mode=0o644),
+    ),
+    Case(
+        "train: checkpoints honour a strict umask (0600 under 077)",
+        [*TRAIN, "--out", "fresh"],
+        "ok",
+        setup=umask(0o077),
+        changes=("fresh*",),
+        check=file_mode("fresh/ckpt-00000002.pt", mode=0o600),
+    ),
+    Case(
+        "train: config file not UTF-8",
+        ["train", "--config", "bad.toml"],
+        "error",
+        ("bad.toml", "UTF-8"),
+        setup=write("bad.toml", b"[train]\nmax_steps = 2 # \xff\xfe\n"),
+    ),
+    Case(
+        "train: config file not TOML",
+        ["train", "--config", "bad.toml"],
+        "error",
+        ("bad.toml", "not valid TOML"),
+        setup=write("bad.toml", "[train\nmax_steps = "),
+    ),
+    Case("train: no such preset", ["train", "--config", "nonesuch"], "error", ("nonesuch",)),
+    Case("train: beta2 = 1.5", [*TRAIN, "--set", "train.beta2=1.5"], "error", ("train.beta2", "1.5")),
+    Case("train: beta1 < 0", [*TRAIN, "--set", "train.beta1=-0.1"], "error", ("train.beta1",)),
+    Case("train: eps = -1", [*TRAIN, "--set", "train.eps=-1"], "error", ("train.eps", "-1")),
+    Case("train: eps = 0", [*TRAIN, "--set", "train.eps=0"], "error", ("train.eps",)),
+    Case("train: lr = nan", [*TRAIN, "--set", "train.lr=nan"], "error", ("train.lr", "nan")),
+    Case("train: lr < 0", [*TRAIN, "--set", "train.lr=-1e-3", "train.min_lr=0"], "error", ("train.lr",)),
+    Case("train: max_time_s = inf", [*TRAIN, "--set", "train.max_time_s=inf"], "error", ("train.max_time_s",)),
+    Case("train: temperature < 0", [*TRAIN, "--set", "train.temperature=-1"], "error", ("train.temperature",)),
+    Case("train: unknown key", [*TRAIN, "--set", "train.bogus=1"], "error", ("bogus",)),
+    Case("train: wrong type", [*TRAIN, "--set", "train.max_steps=abc"], "error", ("max_steps", "abc")),
+    Case("train: --set without a table", [*TRAIN, "--set", "lr=1"], "error", ("lr=1",)),
+    Case("train: ln_eps = nan", [*TRAIN, "--set", "model.ln_eps=nan"], "error", ("ln_eps",)),
+    Case("train: emb_dim not divisible by n_heads", [*TRAIN, "--set", "model.emb_dim=33"], "error", ("emb_dim",)),
+    Case(
+        "train: meta.json without tokenizer",
+        TRAIN,
+        "error",
+        ("data/meta.json", "tokenizer"),
+        setup=edit_meta(lambda m: m.pop("tokenizer")),
+    ),
+    Case(
+        "train: meta.json with a bad tokenizer record",
+        TRAIN,
+        "error",
+        ("data/meta.json", "tokenizer"),
+        setup=edit_meta(lambda m: m.update(tokenizer={"type": "sentencepiece"})),
+    ),
+    Case(
+        "train: meta.json vocab_size not a number",
+        TRAIN,
+        "error",
+        ("data/meta.json", "vocab_size"),
+        setup=edit_meta(lambda m: m.update(vocab_size="many")),
+    ),
+    Case(
+        "train: meta.json vocab_size disagrees with its tokenizer",
+        TRAIN,
+        "error",
+        ("data/meta.json", "vocab_size"),
+        setup=edit_meta(lambda m: m.update(vocab_size=m["vocab_size"] + 1)),
+    ),
+    Case("train: meta.json not JSON", TRAIN, "error", ("data/meta.json",), setup=write("data/meta.json", "{oops")),
+    Case("train: no prepared data", [*TRAIN, "--set", "data.dir='nowhere'"], "error", ("nowhere",)),
+    Case(
+        "train: token id past the vocabulary in val.bin (earlier run untouched)",
+        TRAIN,
+        "error",
+        ("data/val.bin", "60000"),
+        setup=tokens_with("data/val.bin", 60000, at=7),
+    ),
+    Case(
+        "train: token id past the vocabulary in train.bin",
+        TRAIN,
+        "error",
+        ("data/train.bin", "position 100"),
+        setup=tokens_with("data/train.bin", 40000, at=100),
+    ),
+    Case(
+        "train: truncated train.bin",
+        TRAIN,
+        "error",
+        ("data/train.bin", "header promises"),
+        setup=truncate("data/train.bin", 5),
+    ),
+    Case(
+        "train: context longer than the data",
+        [*TRAIN, "--set", "model.context_length=100000"],
+        "error",
+        ("data/train.bin", "context_length"),
+    ),
+    Case("train: device cuda without a GPU", [*TRAIN, "--set", "train.device='cuda'"], "error", ("cuda",)),
+    Case("train: device banana", [*TRAIN, "--set", "train.device='banana'"], "error", ("device", "banana")),
+    Case(
+        "train: backend triton without a GPU or the interpreter",
+        [*TRAIN, "--set", "model.backend='triton'"],
+        "error",
+        ("model.backend", "triton", "TRITON_INTERPRET"),
+        setup=no_interpreter,
+    ),
+    Case(
+        "train: 100,000 layers refused at once, with the numbers",
+        [*TRAIN, "--set", "model.n_layers=100000", "model.emb_dim=768", "model.n_heads=12"],
+        "error",
+        ("n_layers=100000", "parameters", "GiB"),
+    ),
+    Case(
+        "train: run folder is a file",
+        [*TRAIN, "--out", "afile"],
+        "error",
+        ("afile", "is a file"),
+        setup=write("afile", "not a folder"),
+    ),
+    Case(
+        "train: run folder under a file",
+        [*TRAIN, "--out", "afile/run"],
+        "error",
+        ("afile", "is a file"),
+        setup=write("afile", "not a folder"),
+    ),
+    Case(
+        "train: read-only run folder",
+        [*TRAIN, "--out", "locked"],
+        "error",
+        ("locked", "cannot create files"),
+        setup=read_only("locked"),
+    ),
+    Case(
+        "train: read-only parent of a new run folder",
+        [*TRAIN, "--out", "locked/run"],
+        "error",
+        ("locked/run",),
+        setup=read_only("locked"),
+    ),
+    Case(
+        "train: disk full at every checkpoint save: named error, the last good checkpoint kept",
+        RESUME,
+        "error",
+        ("ckpt-00000004.pt", "No space left on device", "3 attempts", CKPT),
+        setup=disk_full(),
+        changes=("run/metrics.jsonl",),
+    ),
+    Case(
+        "train: disk full as torch reports it (RuntimeError)",
+        RESUME,
+        "error",
+        ("ckpt-00000004.pt", "PytorchStreamWriter", CKPT),
+        setup=disk_full(kind="runtime"),
+        changes=("run/metrics.jsonl",),
+    ),
+    Case(
+        "train: disk full once, then freed: the retry saves",
+        RESUME,
+        "ok",
+        setup=disk_full(failures=1),
+        changes=("run/metrics.jsonl", "run/ckpt-00000004.pt"),
+        check=output_has("No space left on device; trying again"),
+    ),
+    Case(
+        "train: metrics.jsonl cannot be written: named error with the last good checkpoint",
+        RESUME,
+        "error",
+        ("run/metrics.jsonl", CKPT),
+        setup=both(
+            lambda env: (env.world / "run/metrics.jsonl").unlink(),
+            lambda env: (env.world / "run/metrics.jsonl").mkdir(),
+        ),
+    ),
+    Case(
+        "train: lr = 1e30 diverges: exit 1, strict JSON metrics, no checkpoint",
+        [*TRAIN, "--out", "div", "--set", "train.lr=1e30", "train.min_lr=0", "train.eval_interval=1"],
+        "stopped",
+        ("validation loss is nan", "train.lr"),
+        changes=("div*",),
+        check=strict_metrics("div/metrics.jsonl"),
+    ),
+    Case(
+        "train: lr = 1e30 with max_bad_steps = 1 stops at the first bad step",
+        [*TRAIN, "--out", "div", "--set", "train.lr=1e30", "train.min_lr=0", "train.max_bad_steps=1"],
+        "stopped",
+        ("non-finite loss", "max_bad_steps"),
+        changes=("div*",),
+    ),
+    Case(
+        "train: non-finite logits while sampling stop the run",
+        [*TRAIN, "--out", "div", "--set", "train.eval_interval=1", "train.sample_tokens=4"],
+        "stopped",
+        ("sampling failed", "not finite"),
+        setup=lambda env: env.monkeypatch.setattr("gpt.generate.check_logits", _logits_not_finite),
+        changes=("div*",),
+    ),
+    Case(
+        "train: --resume with nothing to resume",
+        [*TRAIN, "--out", "empty", "--resume"],
+        "error",
+        ("no usable checkpoint", "empty"),
+    ),
+    Case(
+        "train: --resume on data of another tokenizer of the same size",
+        [*RESUME, "--set", "data.dir='data2'"],
+        "error",
+        ("--resume", "data2", "data ", "char"),
+    ),
+    Case(
+        "train: --resume with a malformed model_config",
+        RESUME,
+        "error",
+        ("no usable checkpoint", "model_config"),
+        setup=edit_checkpoint(lambda c: c.update(model_config=["n_layers", 1])),
+    ),
+    Case(
+        "train: --resume with wrong types in model_config",
+        RESUME,
+        "error",
+        (CKPT, "n_layers"),
+        setup=edit_checkpoint(lambda c: c["model_config"].update(n_layers="one")),
+    ),
+    Case(
+        "train: --resume with a bad tokenizer record in the checkpoint",
+        RESUME,
+        "error",
+        (CKPT, "tokenizer"),
+        setup=edit_checkpoint(lambda c: c.update(tokenizer={"type": 7})),
+    ),
+    Case(
+        "train: --resume with an optimizer state that does not fit",
+        RESUME,
+        "error",
+        (CKPT, "optimizer"),
+        setup=edit_checkpoint(lambda c: c.update(optimizer={"state": {}, "param_groups": []})),
+    ),
+    Case(
+        "train: pruning never counts a corrupt checkpoint toward keep_checkpoints",
+        [*RESUME, "train.keep_checkpoints=2"],
+        "ok",
+        setup=write("run/ckpt-00000003.pt", b"PK\x03\x04 cut short"),
+        changes=("run/metrics.jsonl", "run/ckpt-00000004.pt"),
+    ),
+    Case(
+        "train: a plot that cannot be written is a warning, not the end of the run",
+        [*TRAIN, "--out", "fresh", "--set", "train.plot=true"],
+        "ok",
+        setup=lambda env: (env.world / "fresh" / "loss.png").mkdir(parents=True),
+        changes=("fresh/ckpt-00000002.pt", "fresh/metrics.jsonl"),
+        check=output_has("warning: loss.png not written"),
+    ),
+    Case(
+        "train: Ctrl-C during start-up",
+        TRAIN,
+        "interrupted",
+        process="sigint",
+    ),
+]
+
+GENERATE_CASES = [
+    Case("generate: from a run folder", [*GEN, "--prompt", "HAMLET:"], "ok", check=output_has("HAMLET:")),
+    Case(
+        "generate: no prompt for a character model starts after a newline", GEN, "ok", check=lambda w, r: len(r.out) > 1
+    ),
+    Case(
+        "generate: a checkpoint of the triton backend runs on 'auto' where triton cannot, with a note",
+        GEN,
+        "ok",
+        setup=both(no_interpreter, edit_checkpoint(lambda c: c["model_config"].update(backend="triton"))),
+        check=lambda w, r: "running backend 'auto' instead" in r.err and len(r.out) > 1,
+    ),
+    Case("generate: --device banana", [*GEN, "--device", "banana"], "error", ("--device", "banana")),
+    Case("generate: --device cuda without a GPU", [*GEN, "--device", "cuda"], "error", ("--device", "cuda")),
+    Case("generate: --device cuda:x", [*GEN, "--device", "cuda:x"], "error", ("cuda:x",)),
+    Case(
+        "generate: --backend triton without a GPU or the interpreter",
+        [*GEN, "--backend", "triton"],
+        "error",
+        ("--backend", "triton"),
+        setup=no_interpreter,
+    ),
+    Case(
+        "generate: --prompt - with standard input closed",
+        [*GEN, "--prompt", "-"],
+        "error",
+        ("standard input", "closed"),
+        stdin="closed",
+    ),
+    Case(
+        "generate: --prompt - with standard input not UTF-8",
+        [*GEN, "--prompt", "-"],
+        "error",
+        ("standard input", "UTF-8", "offset 2"),
+        stdin=b"HA\xffMLET",
+    ),
+    Case(
+        "generate: a prompt character outside the vocabulary", [*GEN, "--prompt", "ROMEO \u20ac"], "error", ("U+20AC",)
+    ),
+    Case(
+        "generate: non-finite weights",
+        GEN,
+        "error",
+        ("not finite",),
+        setup=edit_checkpoint(lambda c: c["model"]["lm_head.weight"].fill_(float("nan"))),
+    ),
+    Case(
+        "generate: non-finite weights, greedy",
+        [*GEN, "--greedy"],
+        "error",
+        ("not finite",),
+        setup=edit_checkpoint(lambda c: c["model"]["transformer.ln_f.bias"].fill_(float("inf"))),
+    ),
+    Case(
+        "generate: checkpoint model_config is not a dict",
+        GEN,
+        "error",
+        ("run", "model_config"),
+        setup=edit_checkpoint(lambda c: c.update(model_config=[1, 2])),
+    ),
+    Case(
+        "generate: checkpoint model_config with n_heads = 0",
+        GEN,
+        "error",
+        (CKPT, "n_heads"),
+        setup=edit_checkpoint(lambda c: c["model_config"].update(n_heads=0)),
+    ),
+    Case(
+        "generate: checkpoint claims 100,000 layers",
+        GEN,
+        "error",
+        (CKPT, "n_layers=100000"),
+        setup=edit_checkpoint(lambda c: c["model_config"].update(n_layers=100000)),
+    ),
+    Case(
+        "generate: checkpoint with a bad tokenizer record",
+        GEN,
+        "error",
+        (CKPT, "tokenizer"),
+        setup=edit_checkpoint(lambda c: c.update(tokenizer={"type": "char", "chars": "aa"})),
+    ),
+    Case(
+        "generate: checkpoint is random bytes",
+        ["generate", "--checkpoint", "junk.pt"],
+        "error",
+        ("junk.pt", "not a readable"),
+        setup=write("junk.pt", os.urandom(2000)),
+    ),
+    Case("generate: checkpoint does not exist", ["generate", "--checkpoint", "none.pt"], "error", ("none.pt",)),
+    Case(
+        "generate: HF layer_norm_epsilon = 'abc'",
+        ["generate", "--hf", "hf"],
+        "error",
+        ("hf/config.json", "layer_norm_epsilon"),
+        setup=lambda env: _edit_hf_config(env, layer_norm_epsilon="abc"),
+    ),
+    Case(
+        "generate: HF n_layer = 100000",
+        ["generate", "--hf", "hf"],
+        "error",
+        ("hf/config.json", "n_layer"),
+        setup=lambda env: _edit_hf_config(env, n_layer=100000),
+    ),
+    Case(
+        "generate: HF n_embd is a string",
+        ["generate", "--hf", "hf"],
+        "error",
+        ("hf/config.json", "emb_dim"),
+        setup=lambda env: _edit_hf_config(env, n_embd="32"),
+    ),
+    Case(
+        "generate: HF folder without config.json",
+        ["generate", "--hf", "hf"],
+        "error",
+        ("config.json",),
+        setup=lambda env: (env.world / "hf/config.json").unlink(),
+    ),
+    Case(
+        "generate: HF folder with a bad tokenizer record",
+        ["generate", "--hf", "hf"],
+        "error",
+        ("tritongpt_tokenizer.json",),
+        setup=write("hf/tritongpt_tokenizer.json", "{not json"),
+    ),
+    Case("generate: --top-p 2", [*GEN, "--top-p", "2"], "usage", ("top_p",)),
+    Case("generate: --max-new-tokens -1", [*GEN, "--max-new-tokens", "-1"], "usage", ("--max-new-tokens",)),
+    Case("generate: --seed past 64 bits", [*GEN, "--seed", str(2**70)], "usage", ("--seed",)),
+    Case(
+        "generate: the reader goes away (gpt generate | head -c 1)",
+        [*GEN, "--max-new-tokens", "400", "--num-samples", "50"],
+        "quiet",
+        process="head",
+    ),
+]
+
+
+def _edit_hf_config(env: Env, **changes) -> None:
+    path = env.world / "hf" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text(encoding="utf-8")), **changes}), encoding="utf-8")
+
+
+EXPORT_CASES = [
+    Case(
+        "export: into a new folder, files 0644 under umask 022",
+        [*EXPORT, "out/new"],
+        "ok",
+        setup=umask(0o022),
+        changes=("out*",),
+        check=file_mode("out/new/model.safetensors", "out/new/config.json", mode=0o644),
+    ),
+    Case(
+        "export: model.safetensors honours umask 077",
+        [*EXPORT, "new"],
+        "ok",
+        setup=umask(0o077),
+        changes=("new*",),
+        check=file_mode("new/model.safetensors", "new/config.json", mode=0o600),
+    ),
+    Case("export: into a non-empty folder is refused", [*EXPORT, "hf"], "error", ("hf", "not empty", "--force")),
+    Case(
+        "export: --force replaces an earlier export and leaves no stale file",
+        [*EXPORT, "hf", "--force"],
+        "ok",
+        setup=earlier_export_with_bpe_files,
+        changes=("hf/vocab.json", "hf/merges.txt", "hf/tokenizer_config.json", "hf/pytorch_model.bin"),
+        check=exported_char_model,
+    ),
+    Case(
+        "export: --force with a folder in the way of a file leaves the earlier export whole",
+        [*EXPORT, "hf", "--force"],
+        "error",
+        ("hf/tritongpt_tokenizer.json", "in the way"),
+        setup=both(
+            lambda env: (env.world / "hf" / "tritongpt_tokenizer.json").unlink(),
+            lambda env: (env.world / "hf" / "tritongpt_tokenizer.json").mkdir(),
+        ),
+    ),
+    Case("export: output is a file", [*EXPORT, "afile"], "error", ("afile", "is a file"), setup=write("afile", "x")),
+    Case(
+        "export: read-only output folder",
+        [*EXPORT, "locked/hf"],
+        "error",
+        ("locked", "cannot create files"),
+        setup=read_only("locked"),
+    ),
+    Case(
+        "export: disk full writing the weights leaves nothing behind",
+        [*EXPORT, "out/new"],
+        "error",
+        ("model.safetensors", "No space left on device"),
+        setup=export_disk_full,
+    ),
+    Case(
+        "export: disk full with --force leaves the earlier export whole",
+        [*EXPORT, "hf", "--force"],
+        "error",
+        ("No space left on device",),
+        setup=export_disk_full,
+    ),
+    Case(
+        "export: checkpoint with a bad tokenizer record",
+        [*EXPORT, "new"],
+        "error",
+        (CKPT, "tokenizer"),
+        setup=edit_checkpoint(lambda c: c.update(tokenizer={"type": "gpt3"})),
+    ),
+    Case(
+        "export: checkpoint whose weights do not fit its config",
+        [*EXPORT, "new"],
+        "error",
+        (CKPT, "wte"),
+        setup=edit_checkpoint(lambda c: c["model_config"].update(vocab_size=99)),
+    ),
+    Case(
+        "export: a post-norm model has no GPT-2 layout",
+        [*EXPORT, "new"],
+        "error",
+        ("post-norm",),
+        setup=edit_checkpoint(lambda c: c["model_config"].update(norm_placement="post")),
+    ),
+    Case("export: checkpoint missing", ["export", "--checkpoint", "none.pt", "--hf", "new"], "error", ("none.pt",)),
+]
+
+INFO_VERIFY_CASES = [
+    Case(
+        "info: config file not UTF-8",
+        ["info", "--config", "bad.toml"],
+        "error",
+        ("bad.toml", "UTF-8"),
+        setup=write("bad.toml", b"[model]\nn_layers = 2 # \xe9\n"),
+    ),
+    Case(
+        "info: 100,000 layers are counted at once",
+        ["info", "--config", "gpt2-124m", "--set", "model.n_layers=100000"],
+        "ok",
+        check=output_has("708,826,585,344"),
+    ),
+    Case(
+        "info: --forward with 100,000 layers is refused with the numbers",
+        ["info", "--config", "gpt2-124m", "--set", "model.n_layers=100000", "--forward"],
+        "error",
+        ("n_layers=100000", "GiB"),
+    ),
+    Case(
+        "info: --forward with backend triton without a GPU or the interpreter",
+        ["info", "--config", "demo", "--set", "model.backend='triton'", "--forward"],
+        "error",
+        ("triton",),
+        setup=no_interpreter,
+    ),
+    Case("info: n_heads = 0", ["info", "--config", "demo", "--set", "model.n_heads=0"], "error", ("n_heads",)),
+    Case("info: no such preset", ["info", "--config", "gpt5"], "error", ("gpt5",)),
+    Case("info: standard output closed", ["info", "--config", "demo"], "ok", process="closed-stdout"),
+    Case("verify: --ops names nothing", ["verify", "--quick", "--ops", ""], "usage", ("--ops",)),
+    Case("verify: --ops names an unknown op", ["verify", "--quick", "--ops", "softmax"], "usage", ("softmax",)),
+    Case("gpt: unknown command", ["frobnicate"], "error", ("frobnicate",)),
+]
+
+CASES = TRAIN_CASES + GENERATE_CASES + EXPORT_CASES + INFO_VERIFY_CASES
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The runner
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under `root` (folders end in /) with its mode and content hash."""
+    out: dict[str, tuple] = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        st = p.lstat()
+        if stat.S_ISDIR(st.st_mode):
+            out[rel + "/"] = (stat.S_IMODE(st.st_mode),)
+        else:
+            out[rel] = (stat.S_IMODE(st.st_mode), hashlib.sha1(p.read_bytes()).hexdigest())
+    return out
+
+
+def run_in_process(case: Case, monkeypatch: pytest.MonkeyPatch, capsys) -> Result:
+    if case.stdin == "closed":
+        monkeypatch.setattr(sys, "stdin", None)
+    elif isinstance(case.stdin, bytes):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(case.stdin)))
+    capsys.readouterr()
+    try:
+        code = gpt_main(case.argv)
+    except SystemExit as e:  # argparse and ap.exit
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    out, err = capsys.readouterr()
+    return Result(code, out, err)
+
+
+def run_in_child(case: Case, world: Path) -> Result:
+    """`python -m gpt ...` in the world folder: Ctrl-C half a second in (during start-up), a reader that takes
+    one byte and goes away, or standard output closed."""
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [sys.executable, "-m", "gpt", *case.argv]
+    pipes = dict(cwd=world, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if case.process == "sigint":
+        p = subprocess.Popen(cmd, **pipes)
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=300)
+    elif case.process == "head":
+        p = subprocess.Popen(cmd, **pipes)
+        first = p.stdout.read(1)
+        p.stdout.close()
+        err = p.stderr.read()
+        p.wait(timeout=300)
+        out = first
+    elif case.process == "closed-stdout":
+        p = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *cmd], **{**pipes, "timeout": 300})
+        out, err = p.stdout, p.stderr
+    else:
+        raise ValueError(f"unknown process mode {case.process!r}")
+    return Result(p.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+def assert_outcome(case: Case, r: Result) -> None:
+    from gpt.cli import COMMANDS
+
+    prefix = f"gpt {case.argv[0]}: error: " if case.argv[0] in COMMANDS else "gpt: error: "
+    lines = r.err.strip().splitlines()
+    assert "Traceback" not in r.err, r.err
+    if case.outcome in ("error", "stopped"):
+        assert r.code == (2 if case.outcome == "error" else 1), (r.code, r.err)
+        assert len(lines) == 1 and lines[0].startswith(prefix), r.err
+    elif case.outcome == "usage":
+        assert r.code == 2 and lines and lines[-1].startswith(prefix), (r.code, r.err)
+    elif case.outcome == "ok":
+        assert r.code == 0, (r.code, r.err[-2000:])
+        assert prefix not in r.err, r.err
+    elif case.outcome == "interrupted":
+        assert r.code in (130, -signal.SIGINT), (r.code, r.err)  # a signal before Python is up kills it plainly
+        assert r.code != 130 or lines[-1].endswith("interrupted"), r.err
+    elif case.outcome == "quiet":
+        assert r.code == 141 and r.err == "", (r.code, r.err)
+    else:
+        raise ValueError(f"unknown outcome {case.outcome!r}")
+    message = lines[-1] if lines else ""
+    for culprit in case.culprit:
+        assert culprit in message, (culprit, message)
+
+
+def assert_changes(case: Case, before: dict[str, tuple], after: dict[str, tuple]) -> None:
+    touched = sorted((set(before) ^ set(after)) | {p for p in set(before) & set(after) if before[p] != after[p]})
+    unexpected = [p for p in touched if not any(fnmatch.fnmatch(p, pat) for pat in case.changes)]
+    assert not unexpected, f"created, changed or removed: {unexpected}"
+    unmet = [pat for pat in case.changes if not any(fnmatch.fnmatch(p, pat) for p in touched)]
+    assert not unmet, f"expected changes that did not happen: {unmet}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_hostile(case: Case, base_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    world = tmp_path / "world"
+    shutil.copytree(base_world, world, symlinks=True)
+    (tmp_path / "base").symlink_to(base_world)
+    env = Env(world, monkeypatch)
+    monkeypatch.chdir(world)
+    try:
+        if case.setup is not None:
+            case.setup(env)
+        before = snapshot(world)
+        result = run_in_child(case, world) if case.process else run_in_process(case, monkeypatch, capsys)
+        after = snapshot(world)
+    finally:
+        for undo in env.undo:
+            undo()
+    assert_outcome(case, result)
+    assert_changes(case, before, after)
+    if case.check is not None:
+        case.check(world, result)
+
+
+def test_the_table_covers_every_command_it_owns():
+    """At least 60 cases, ids unique, every outcome class used."""
+    assert len(CASES) >= 60
+    assert len({c.id for c in CASES}) == len(CASES)
+    assert {c.outcome for c in CASES} == {"error", "usage", "stopped", "ok", "interrupted", "quiet"}
