@@ -16,7 +16,8 @@ stops after that many predicted tokens. `--eval-batches N` instead draws the N r
 `gpt train` draws (same seed and batch size, by default those of the checkpoint's run), so the loss is the
 `val_loss` the run logged, give or take rounding.
 
-A summary goes to standard output, a progress line to standard error; `--json FILE` also writes the figures,
+A summary goes to standard output (a reader that goes away ends the command quietly, exit 141, unless the
+figures also go to --json), a progress line to standard error; `--json FILE` also writes the figures,
 the model, device and date (an existing FILE is kept unless --force; the file is replaced atomically).
 """
 
@@ -304,14 +305,13 @@ def _versions() -> dict[str, str]:
 
 
 class Output:
-    """Standard output for the summary: a reader that goes away (`| head -1`) or a closed stdout ends the
-    command with a one-line error, unless the figures also go to --json (then the work goes on)."""
+    """Standard output for the summary. A closed stdout reads as /dev/null. A reader that goes away
+    (`gpt eval ... | head -1`) stops the command quietly (BrokenPipeError, exit 141 as for SIGPIPE), unless the
+    figures also go to --json: then the work goes on and only the summary is lost."""
 
     def __init__(self, keep_going: bool) -> None:
         self.keep_going = keep_going
         self.alive = sys.stdout is not None and not getattr(sys.stdout, "closed", False)
-        if not self.alive and not keep_going:
-            raise EvalError("standard output is closed; pass --json FILE to keep the results")
 
     def say(self, text: str) -> None:
         if not self.alive:
@@ -323,7 +323,7 @@ class Output:
             self.alive = False
             _silence_stdout()
             if not self.keep_going:
-                raise EvalError("standard output was closed before the summary was written") from None
+                raise BrokenPipeError("standard output closed") from None
 
 
 def _silence_stdout() -> None:
@@ -403,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     except (EvalError, DataError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away: nothing left to say
+        _silence_stdout()
+        return 141
     except torch.OutOfMemoryError:
         print(
             f"{PROG}: error: out of memory on {args.device} with --batch-size {args.batch_size}; lower it",
@@ -446,7 +449,7 @@ def run(args) -> int:
     step = f", step {info['step']}" if info.get("step") is not None else ""
     backend = cfg.backend + (f" ({'triton' if device.type == 'cuda' else 'native'})" if cfg.backend == "auto" else "")
     out.say(
-        f"model      {info['path']}: {model.num_params() / 1e6:.2f}M parameters{step}, backend {backend}, "
+        f"model      {info['path']}: {_count(model.num_params())} parameters{step}, backend {backend}, "
         f"{device} ({precision})"
     )
     report: dict[str, Any] = {}
@@ -536,6 +539,10 @@ def prepare_val(args, model, tok, info) -> dict[str, Any]:
         out["what"] = f"{'the first ' if args.max_tokens else ''}{out['targets']:,} tokens, in windows of {T}"
         out["record"] = {"windows": "consecutive", "context": T, "max_tokens": args.max_tokens}
     return out
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n:,}"
 
 
 def _describe(tok) -> str:

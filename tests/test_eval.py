@@ -4,7 +4,6 @@ during training (metrics.jsonl and the plot), and what the command does with bad
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
@@ -305,7 +304,10 @@ def test_json_into_a_read_only_folder_is_refused_before_any_work(char_checkpoint
         ro.chmod(0o755)
 
 
-def test_a_reader_that_goes_away_ends_with_one_line(char_checkpoint, tmp_path, capsys, monkeypatch):
+def test_a_reader_that_goes_away_or_a_closed_stdout(char_checkpoint, tmp_path, capsys, monkeypatch):
+    """`gpt eval ... | head -1`: quiet exit 141 (as for SIGPIPE), unless the figures also go to --json; a closed
+    stdout (`>&-`, sys.stdout None) reads as /dev/null."""
+
     class Gone:
         def write(self, text):
             raise BrokenPipeError(32, "Broken pipe")
@@ -314,31 +316,15 @@ def test_a_reader_that_goes_away_ends_with_one_line(char_checkpoint, tmp_path, c
             pass
 
     good = write_hellaswag(tmp_path / "hs.jsonl")
-    monkeypatch.setattr(sys, "stdout", Gone())
     argv = ["--checkpoint", str(char_checkpoint), "--hellaswag", str(good), "--device", "cpu", "--quiet"]
-    assert main(argv) == 2
-    assert "standard output was closed" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdout", Gone())
+    assert main(argv) == 141
     assert main([*argv, "--json", str(tmp_path / "e.json")]) == 0  # the figures still reach the file
     assert json.loads((tmp_path / "e.json").read_text())["hellaswag"]["n"] == 5
-
-
-def test_closed_stdout_is_refused_unless_the_figures_go_to_a_file(char_checkpoint, tmp_path, capsys, monkeypatch):
-    """A process started with stdout closed (`gpt eval ... >&-`) has sys.stdout None: one subprocess proves it,
-    the rest runs in-process."""
-    good = write_hellaswag(tmp_path / "hs.jsonl")
-    argv = ["--checkpoint", str(char_checkpoint), "--hellaswag", str(good), "--device", "cpu", "--quiet"]
-    cmd = [sys.executable, "-m", "gpt", "eval", *argv]
-    proc = subprocess.run(["sh", "-c", '"$@" >&-', "sh", *cmd], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and proc.stderr == (
-        "gpt eval: error: standard output is closed; pass --json FILE to keep the results\n"
-    )
     monkeypatch.setattr(sys, "stdout", None)
-    assert main(argv) == 2
-    assert main([*argv, "--json", str(tmp_path / "e.json")]) == 0
-    assert (
-        capsys.readouterr().err == "gpt eval: error: standard output is closed; pass --json FILE to keep the results\n"
-    )
-    assert json.loads((tmp_path / "e.json").read_text())["hellaswag"]["n"] == 5
+    assert main(argv) == 0
+    assert main([*argv, "--json", str(tmp_path / "f.json")]) == 0
+    assert capsys.readouterr().err == "" and (tmp_path / "f.json").is_file()
 
 
 @pytest.mark.gpu
