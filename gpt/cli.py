@@ -4,6 +4,7 @@
     gpt prepare --corpus shakespeare ...     tokenize a corpus into train.bin / val.bin
     gpt train --config demo                  train (resumable checkpoints, metrics, samples)
     gpt generate --checkpoint PATH ...       sample text (greedy, temperature, top-k, top-p)
+    gpt eval --hf PATH --hellaswag FILE      HellaSwag accuracy and held-out loss (--data DIR)
     gpt export --checkpoint PATH --hf OUT    write a checkpoint in the Hugging Face GPT-2 layout
     gpt verify [--quick]                     Triton kernels against the reference, as a table
     gpt bench [--quick]                      kernels against eager, native and compiled PyTorch
@@ -23,6 +24,7 @@ COMMANDS = {
     "prepare": ("gpt.prepare", "tokenize a corpus into train/val token files"),
     "train": ("gpt.train", "train a model from a preset"),
     "generate": ("gpt.generate", "generate text from a checkpoint or a Hugging Face GPT-2 folder"),
+    "eval": ("gpt.eval", "HellaSwag accuracy and held-out loss / perplexity of a model"),
     "export": ("gpt.export", "export a checkpoint to the Hugging Face GPT-2 layout"),
     "verify": ("gpt.verify", "check every Triton kernel against the reference"),
     "bench": ("bench.cli", "benchmark the kernels against PyTorch"),

@@ -146,6 +146,12 @@ class GPT2Tokenizer:
         """Raw bytes (a token can end mid-character; streaming output joins bytes before decoding)."""
         return self.enc.decode_bytes([int(i) for i in ids])
 
+    def token_byte_lengths(self) -> list[int]:
+        """UTF-8 bytes of text each id stands for (bits per byte); 0 for <|endoftext|>, which is no text."""
+        lengths = [len(self.enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)]
+        lengths[self.eot_id] = 0
+        return lengths
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": "gpt2"}
 
@@ -193,6 +199,10 @@ class CharTokenizer:
             if not 0 <= i < self.vocab_size:
                 raise TokenizerError(f"token id {i} is outside the character vocabulary (0..{self.vocab_size - 1})")
         return "".join(self.chars[i] for i in ids)
+
+    def token_byte_lengths(self) -> list[int]:
+        """UTF-8 bytes of each character (bits per byte)."""
+        return [len(c.encode("utf-8", errors="surrogatepass")) for c in self.chars]
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "char", "chars": "".join(self.chars)}

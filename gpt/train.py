@@ -77,6 +77,7 @@ from gpt.data import DataError, WindowSampler, check_token_range, open_tokens
 from gpt.files import OutputError, atomic_write, check_output_dir, os_error_message, signals_deferred
 from gpt.flops import device_peak_flops, flops_per_token, mfu
 from gpt.generate import GenerationError, generate
+from gpt.hellaswag import evaluate_hellaswag, load_hellaswag
 from gpt.model import GPT, TRAINING_BYTES_PER_PARAM, check_model_fits
 from gpt.ops import check_backend_runs
 from gpt.prepare import DataConfig, load_meta
@@ -118,6 +119,8 @@ class TrainConfig:
     # evaluation, samples, logging, checkpoints
     eval_interval: int = 250  # steps between evaluations (and at the end)
     eval_batches: int = 20  # fixed validation batches per evaluation, batch_size windows per process each
+    hellaswag: str = ""  # path to hellaswag_val.jsonl: accuracy at each evaluation (gpt/hellaswag.py); "": none
+    hellaswag_limit: int = 0  # only its first N examples; 0: all
     sample_tokens: int = 200  # tokens sampled at each evaluation; 0: none
     final_sample_tokens: int = 500  # tokens sampled and printed at the end; 0: none
     sample_prompt: str = "\n"
@@ -145,6 +148,7 @@ class TrainConfig:
             "sample_tokens",
             "final_sample_tokens",
             "top_k",
+            "hellaswag_limit",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
@@ -310,6 +314,7 @@ class Trainer:
         self.val_batches = val.fixed_batches(cfg.eval_batches, self.dist.rank)
         self.tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size * T
         self.max_steps = math.ceil(cfg.max_tokens / self.tokens_per_step) if cfg.max_tokens else cfg.max_steps
+        self.hellaswag = load_hellaswag(cfg.hellaswag, self.tok, T, cfg.hellaswag_limit) if cfg.hellaswag else None
 
         # model and optimizer: the same seed on every rank gives the same initial weights
         torch.manual_seed(cfg.seed)
@@ -640,13 +645,20 @@ class Trainer:
         self.best_val = min(self.best_val, val)
         rec = {"kind": "eval", "step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50.0))}
         self._stop_if_diverged(val, rec)
+        hellaswag = ""
+        if self.hellaswag is not None:  # every rank scores its share; the counts are all-reduced
+            hs = evaluate_hellaswag(
+                self.model, self.hellaswag, self.cfg.batch_size, self.autocast, self.dist.rank, self.dist.world_size
+            )
+            rec.update(hs.record())
+            hellaswag = f", HellaSwag acc_norm {hs.acc_norm:.4f} (n = {hs.n:,})"
         text = ""
         if self.dist.master and self.cfg.sample_tokens:
             text = self.sample(self.cfg.sample_tokens)
             rec["sample"] = text
         rec["eval_s"] = time.perf_counter() - t0
         self.record(rec)
-        self.log(f"step {self.step}: val loss {val:.4f} (ppl {rec['val_ppl']:.2f})")
+        self.log(f"step {self.step}: val loss {val:.4f} (ppl {rec['val_ppl']:.2f}){hellaswag}")
         if text:
             self.log("  | " + text.replace("\n", "\n  | "))
         return val

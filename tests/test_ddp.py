@@ -1,5 +1,6 @@
 """DDP on CPU: 2 gloo processes under torchrun (2 windows x 2 micro-batches each, `no_sync` on the first)
-give the same losses and weights as one process with one batch of the same 8 windows."""
+give the same losses and weights as one process with one batch of the same 8 windows; the ranks split the
+HellaSwag examples and all-reduce the counts; `gpt eval --eval-batches` gives the DDP run's logged val loss."""
 
 import json
 import os
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from gpt.checkpoint import checkpoint_path, load_checkpoint
+from gpt.eval import main as eval_main
 from gpt.prepare import DataConfig, prepare
 from gpt.train import main
 
@@ -60,13 +62,21 @@ def test_two_gloo_processes_match_one(tmp_path):
     data = tmp_path / "data"
     prepare(DataConfig(dir=str(data), inputs=[str(tmp_path / "text.txt")]), quiet=True)
     cfg = write_config(tmp_path / "ddp.toml", data)
+    hellaswag = tmp_path / "hellaswag.jsonl"
+    endings = [" jumps.", " over.", " the dog.", " lazy."]
+    hellaswag.write_text(
+        "".join(
+            json.dumps({"ctx": f"LINE {i}: the quick", "endings": endings, "label": i % 4}) + "\n" for i in range(5)
+        )
+    )
+    with_hellaswag = f"train.hellaswag='{hellaswag.as_posix()}'"
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", "gpt.train", "--config", str(cfg), "--out", str(tmp_path / "ddp")]
-    cmd += ["--set", "train.batch_size=2", "train.grad_accum=2"]
+    cmd += ["--set", "train.batch_size=2", "train.grad_accum=2", with_hellaswag]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 processes" in proc.stdout  # rank 0 logs, once
@@ -74,7 +84,7 @@ def test_two_gloo_processes_match_one(tmp_path):
 
     # the same 16 validation windows: 4 batches x 2 ranks x 2 windows == 2 batches x 8 windows
     argv = ["--config", str(cfg), "--out", str(tmp_path / "single"), "--set", "train.batch_size=8"]
-    argv += ["train.eval_batches=2"]
+    argv += ["train.eval_batches=2", with_hellaswag]
     assert main(argv) == 0
 
     ddp, single = tmp_path / "ddp", tmp_path / "single"
@@ -94,3 +104,14 @@ def test_two_gloo_processes_match_one(tmp_path):
         diff = (v - wb["model"][k]).abs()
         assert diff.max() <= 1e-4, k
         assert (diff > 1e-5 + 1e-4 * v.abs()).sum() <= max(1, v.numel() // 1000), k
+
+    # HellaSwag: 3 examples on rank 0, 2 on rank 1, the counts all-reduced
+    assert records(ddp, "eval", "hellaswag_n") == records(single, "eval", "hellaswag_n") == {3: 5, 6: 5}
+    for acc in records(ddp, "eval", "hellaswag_acc_norm").values():
+        assert acc * 5 == pytest.approx(round(acc * 5))
+    # `gpt eval --eval-batches` on the DDP run's checkpoint: its 4 batches x 2 ranks x 2 windows, as logged
+    out = tmp_path / "eval.json"
+    argv = ["--checkpoint", str(ddp), "--data", str(data), "--eval-batches", "4", "--json", str(out), "--quiet"]
+    assert eval_main([*argv, "--device", "cpu"]) == 0
+    val = json.loads(out.read_text())["val"]
+    assert val["batch_size"] == 4 and val["loss"] == pytest.approx(va[6], rel=1e-6)
