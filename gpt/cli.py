@@ -19,6 +19,8 @@ import importlib
 import os
 import sys
 
+from gpt.files import silence_stdout
+
 COMMANDS = {
     "info": ("gpt.info", "parameter counts and sizes of a model preset"),
     "prepare": ("gpt.prepare", "tokenize a corpus into train/val token files"),
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ngpt {name}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        _silence_stdout()
+        silence_stdout()
         return 141
 
 
@@ -77,16 +79,6 @@ def _reopen_closed_outputs() -> None:
                     os.dup2(devnull, fd)
                     os.close(devnull)
             setattr(sys, name, open(fd, "w", closefd=False))  # noqa: SIM115 - lives as long as the process
-
-
-def _silence_stdout() -> None:
-    """After EPIPE: point stdout at /dev/null, so the flush at exit does not raise again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 if __name__ == "__main__":

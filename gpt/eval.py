@@ -30,10 +30,8 @@ import datetime
 import importlib.metadata
 import json
 import math
-import os
 import platform
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from gpt.data import DataError
-from gpt.ops import BACKENDS
+from gpt.files import OutputError, atomic_write, check_output_dir, os_error_message, silence_stdout
+from gpt.ops import BACKENDS, check_backend_runs, resolve_device
 from gpt.progress import Meter
 
 PROG = "gpt eval"
@@ -193,20 +192,6 @@ def evaluate_loss(
 # Inputs and outputs
 
 
-def resolve_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise EvalError(f"--device {name!r} is not a device (e.g. cpu, cuda, cuda:1)") from None
-    if device.type not in ("cpu", "cuda"):
-        raise EvalError(f"--device {name}: only cpu and cuda are supported")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"--device {name}: torch sees no CUDA GPU")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise EvalError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
-    return device
-
-
 def load_model(args) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     """(model in eval mode, tokenizer or None, a description for the report) from --checkpoint or --hf."""
     from gpt.checkpoint import CheckpointError, model_from_checkpoint
@@ -234,15 +219,6 @@ def load_model(args) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     return model.eval(), tok, info
 
 
-def check_backend(model, device: torch.device) -> None:
-    """The Triton kernels need a GPU, or Triton's interpreter switched on before they were defined."""
-    if model.config.backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise EvalError(
-            f"the triton backend runs on a CUDA GPU, not on {device}: pass --backend native (or torch), or set "
-            "TRITON_INTERPRET=1 to run the kernels in Triton's interpreter"
-        )
-
-
 def check_output(path: Path, force: bool) -> None:
     """Refuse, before any work, a --json FILE that exists (without --force), is a folder, or cannot be written."""
     if path.is_dir():
@@ -251,37 +227,20 @@ def check_output(path: Path, force: bool) -> None:
         raise EvalError(f"--json {path} is not a regular file")
     if path.exists() and not force:
         raise EvalError(f"--json {path} exists; pass --force to replace it")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise EvalError(f"--json {path}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise EvalError(f"--json {path}: cannot write in {parent} (permission denied)")
+    try:
+        check_output_dir(path.parent, "--json")
+    except OutputError as e:
+        raise EvalError(str(e)) from None
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
-    """Strict JSON (no NaN), written to a temporary file in the same folder and renamed into place."""
-    text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
+    """Strict JSON (no NaN), whole or not at all (`gpt.files.atomic_write`)."""
+    data = (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode("utf-8")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda f: f.write(data))
     except OSError as e:
-        raise EvalError(f"cannot write --json {path}: {e.strerror or e}") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        raise EvalError(f"cannot write --json {path}: {os_error_message(e)}") from None
 
 
 def _finite(x):
@@ -321,19 +280,9 @@ class Output:
             sys.stdout.flush()
         except (BrokenPipeError, ValueError, OSError):
             self.alive = False
-            _silence_stdout()
+            silence_stdout()
             if not self.keep_going:
                 raise BrokenPipeError("standard output closed") from None
-
-
-def _silence_stdout() -> None:
-    """Point fd 1 at /dev/null so the interpreter's final flush does not fail again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -404,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away: nothing left to say
-        _silence_stdout()
+        silence_stdout()
         return 141
     except torch.OutOfMemoryError:
         print(
@@ -424,10 +373,16 @@ def run(args) -> int:
     if json_path is not None:
         check_output(json_path, args.force)
     out = Output(keep_going=json_path is not None)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise EvalError(f"--device {e}") from None
     args.device = device
     model, tok, info = load_model(args)
-    check_backend(model, device)
+    try:
+        check_backend_runs(model.config.backend, device)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
     precision = args.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"

@@ -19,6 +19,7 @@ import contextlib
 import os
 import secrets
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -129,3 +130,13 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def silence_stdout() -> None:
+    """After EPIPE (the reader went away): point stdout at /dev/null, so the flush at exit does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -269,7 +269,7 @@ def test_bad_arguments_and_files_are_one_line_errors(char_checkpoint, tmp_path, 
         ([*ckpt, "--data", str(tmp_path / "nodata")], "does not exist"),
         ([*ckpt, "--hellaswag", str(good), "--json", str(good)], "exists; pass --force"),
         ([*ckpt, "--hellaswag", str(good), "--json", str(tmp_path)], "is a folder"),
-        ([*ckpt, "--hellaswag", str(good), "--json", str(good / "x.json")], "is not a folder"),
+        ([*ckpt, "--hellaswag", str(good), "--json", str(good / "x.json")], "not a folder"),
     ]:
         code, out, err = run(argv, capsys)
         assert code == 2 and err.startswith("gpt eval: error:") and message in err, (argv, err)
