@@ -1,6 +1,7 @@
 """OpenAI's GPT-2 in the Hugging Face layout: read a local folder into our GPT, and write ours out in it.
 
     model = GPT.from_hf("~/models/gpt2")            # gpt2, gpt2-medium, gpt2-large, gpt2-xl
+    model = GPT.from_hf("~/models/gpt2", vocab_size=50304)   # head padded to 64 x 786 rows (zeros)
     to_hf(model, "out/hf", tokenizer)                # config.json + model.safetensors (+ tokenizer files)
 
 The layout: `config.json` (GPT2Config: n_embd, n_layer, n_head, n_positions, vocab_size, layer_norm_epsilon,
@@ -11,6 +12,10 @@ prefix, with three differences:
 - `h.N.attn.bias` / `h.N.attn.masked_bias` are causal-mask buffers, not parameters: skipped;
 - the LM head is tied to `wte` (`tie_word_embeddings`), so files usually leave `lm_head.weight` out.
 
+A padded vocabulary (`GPTConfig.real_vocab_size` < `vocab_size`) exists only on our side: loading with
+`vocab_size=` appends zero rows to `wte` (and an untied head), and writing drops the padding rows again and
+stores the real vocabulary's size, so a padded model round-trips to the file it came from.
+
 Limits: only the plain GPT-2 architecture maps (tanh GELU, pre-norm, MLP width 4 * n_embd, no cross-attention,
 no per-layer attention scaling); anything else is an HFError naming the field. No downloads: the folder
 must be on disk.
@@ -18,6 +23,7 @@ must be on disk.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -29,6 +35,7 @@ from gpt.model import GPT
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 MASK_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")  # one row per token: padded on our side only
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 TOKENIZER_RECORD = "tritongpt_tokenizer.json"  # our tokenizer, so `gpt generate --hf` can read a char model back
 
@@ -98,7 +105,7 @@ def config_to_hf(cfg: GPTConfig, eot_id: int | None = None) -> dict:
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
-        "vocab_size": cfg.vocab_size,
+        "vocab_size": cfg.real_vocab,  # the padding rows are not written
         "n_positions": cfg.context_length,
         "n_ctx": cfg.context_length,  # older transformers read this name
         "n_embd": cfg.emb_dim,
@@ -174,9 +181,16 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], model: GPT, where: str = "")
             continue
         conv1d = name.endswith(CONV1D_WEIGHTS)
         want = expected[ours][::-1] if conv1d else expected[ours]  # as the file holds it
+        padding = 0
+        if ours in VOCAB_ROWS:  # the file holds the real vocabulary; a padded model has zero rows after it
+            padding = model.config.vocab_size - model.config.real_vocab
+            want = (want[0] - padding, *want[1:])
         if tuple(t.shape) != want:
             raise HFError(f"{where}{name}: shape {tuple(t.shape)} does not fit the config, expected {want}")
-        out[ours] = (t.t() if conv1d else t).contiguous()
+        t = t.t() if conv1d else t
+        if padding:
+            t = torch.cat([t, t.new_zeros(padding, *t.shape[1:])])
+        out[ours] = t.contiguous()
     if model.config.tie_weights and "transformer.wte.weight" in out:
         out["lm_head.weight"] = out["transformer.wte.weight"]
     missing = sorted(set(expected) - set(out))
@@ -196,7 +210,8 @@ def _few(what: str, names: list[str]) -> str:
 
 
 def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
-    """HF-named, contiguous CPU tensors as GPT2LMHeadModel saves them (head left out when tied)."""
+    """HF-named, contiguous CPU tensors as GPT2LMHeadModel saves them (head left out when tied; the padding
+    rows of a padded vocabulary dropped)."""
     cfg = model.config
     out = {}
     for name, t in model.state_dict().items():
@@ -205,6 +220,8 @@ def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
         t = t.detach().to("cpu")
         if name.endswith(CONV1D_WEIGHTS):
             t = t.t()
+        if name in VOCAB_ROWS:
+            t = t[: cfg.real_vocab]
         out[name] = t.contiguous()
     if not cfg.qkv_bias:  # GPT-2 always has a q/k/v bias; zeros reproduce "none" exactly
         dtype = out["transformer.wte.weight"].dtype
@@ -223,11 +240,17 @@ def from_hf(
     backend: str = "auto",
     dtype: torch.dtype = torch.float32,
     drop_rate: float = 0.0,
+    vocab_size: int | None = None,
 ) -> GPT:
-    """Our GPT (eval mode) with the weights of a local Hugging Face GPT-2 folder."""
+    """Our GPT (eval mode) with the weights of a local Hugging Face GPT-2 folder. `vocab_size` larger than the
+    folder's pads the vocabulary (e.g. 50304 for GPT-2's 50257): the extra rows are zeros and never tokens."""
     path = Path(path).expanduser()
     cfg = config_from_hf(read_hf_config(path), f"{path / 'config.json'}", drop_rate)
     cfg.backend = backend
+    if vocab_size is not None and vocab_size != cfg.vocab_size:
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < cfg.vocab_size:
+            raise HFError(f"{path}: vocab_size={vocab_size!r} cannot hold the folder's {cfg.vocab_size} tokens")
+        cfg = dataclasses.replace(cfg, vocab_size=vocab_size, real_vocab_size=cfg.vocab_size)
     with torch.device("meta"):  # no random init of weights about to be replaced (gpt2-xl: 1.5 B)
         model = GPT(cfg)
     sd = state_dict_from_hf(load_hf_state_dict(path), model, f"{path}: ")
