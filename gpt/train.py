@@ -580,9 +580,12 @@ class Trainer:
         if self.dist.master:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         n = self.model.num_params()
+        vocab = f"vocab {self.model_cfg.vocab_size}"
+        if self.model_cfg.real_vocab_size:
+            vocab += f" = {self.model_cfg.real_vocab_size} tokens + padding"
         self.log(
             f"model {n / 1e6:.2f}M parameters ({self.model_cfg.n_layers} layers, {self.model_cfg.emb_dim} wide, "
-            f"context {self.model_cfg.context_length}, vocab {self.model_cfg.vocab_size}) on {self.device} "
+            f"context {self.model_cfg.context_length}, {vocab}) on {self.device} "
             f"({self.precision}, {self.dist.world_size} process{'es' if self.dist.enabled else ''}); "
             f"{self.tokens_per_step:,} tokens/step, steps {self.step} -> {self.max_steps}"
         )

@@ -91,9 +91,10 @@ def linear_cross_entropy_ref(
 
 @triton.jit
 def _cross_entropy_fwd_kernel(
-    LOGITS,  # (n_rows, n_cols) in: logits; out (COMPUTE_GRAD): softmax - onehot in place; row stride stride_z
+    LOGITS,  # (chunk, n_cols) in: a chunk's logits; out (COMPUTE_GRAD): softmax - onehot in place; row stride stride_z
     TARGETS,  # (n_rows,) int64 target column per row, stride stride_t; ignore_index: no loss, zero gradient
     LOSS,  # (n_rows,) out, fp32: lse - z[target] (0 for ignored rows, NaN for targets out of range)
+    row_start,  # the chunk's first row in TARGETS and LOSS
     stride_z,
     stride_t,
     n_cols,  # V: columns of LOGITS (rows of the weight)
@@ -104,6 +105,7 @@ def _cross_entropy_fwd_kernel(
 ):
     row = tl.program_id(0).to(tl.int64)
     LOGITS += row * stride_z
+    row += row_start
     target = tl.load(TARGETS + row * stride_t)
     ignored = target == ignore_index
     invalid = ((target < 0) | (target >= n_classes)) & (target != ignore_index)
@@ -202,8 +204,8 @@ def linear_cross_entropy_fwd(
         end = min(start + chunk, n_rows)
         xc = x[start:end]
         logits = xc @ w.T  # (rows, V); becomes the logits' gradient in place
-        launcher(_cross_entropy_fwd_kernel)[(end - start,)](
-            logits, targets[start:], row_loss[start:], logits.stride(0), targets.stride(0),
+        launcher(_cross_entropy_fwd_kernel)[(end - start,)](  # whole tensors and an offset: no mutated views
+            logits, targets, row_loss, start, logits.stride(0), targets.stride(0),
             n_cols, n_classes, ignore_index, COMPUTE_GRAD=compute_grad, BLOCK=block, num_warps=num_warps,
         )  # fmt: skip
         if compute_grad:
