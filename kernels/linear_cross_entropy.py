@@ -58,11 +58,7 @@ from kernels._common import alloc, check_inputs, launcher, library_op, row_launc
 
 
 def linear_cross_entropy_ref(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    targets: torch.Tensor,
-    ignore_index: int = -1,
-    n_classes: int | None = None,
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1, n_classes: int | None = None
 ) -> torch.Tensor:
     """Mean over non-ignored rows of logsumexp(z) - z[target], z = (x @ weight.T)[:, :n_classes] upcast to
     at least fp32: the whole (N, V) logits tensor, the textbook way. x (..., C), weight (V, C), targets (...)."""
@@ -247,11 +243,7 @@ linear_cross_entropy_fwd.register_autograd(_backward, setup_context=_setup_conte
 
 
 def linear_cross_entropy(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    targets: torch.Tensor,
-    ignore_index: int = -1,
-    n_classes: int | None = None,
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1, n_classes: int | None = None
 ) -> torch.Tensor:
     """Mean cross-entropy (fp32) of the logits x @ weight.T against targets, chunked so the logits never
     exist in full. x (..., C), weight (V, C), targets (...) int64; see the module docstring."""

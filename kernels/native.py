@@ -67,11 +67,7 @@ def attention(
 
 
 def linear_cross_entropy(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    targets: torch.Tensor,
-    ignore_index: int = -1,
-    n_classes: int | None = None,
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1, n_classes: int | None = None
 ) -> torch.Tensor:
     """F.linear, then F.cross_entropy on the logits upcast to fp32 (nanoGPT's head and loss): the mean over the
     rows whose target is not ignore_index, the softmax over the first n_classes logits."""

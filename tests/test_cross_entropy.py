@@ -10,26 +10,16 @@ import math
 
 import pytest
 import torch
-from _tolerance import GRAD_FACTOR, OUTPUT_FACTOR, assert_matches_reference, assert_rule, compare
+from _tolerance import DTYPES, GRAD_FACTOR, OUTPUT_FACTOR, assert_matches_reference, assert_rule, compare
 
 import kernels
-import kernels._common
 import kernels.linear_cross_entropy as lce
 from kernels.linear_cross_entropy import chunk_rows, linear_cross_entropy, linear_cross_entropy_fwd
 
 reference = kernels.implementation("reference")
 native = kernels.implementation("native")
 
-DTYPES = [
-    pytest.param(torch.float32, id="fp32"),
-    pytest.param(torch.float16, id="fp16"),
-    pytest.param(torch.bfloat16, id="bf16", marks=pytest.mark.gpu),
-]
-
-
-@pytest.fixture(autouse=True)
-def _poison(poison_outputs):
-    """Every kernel output in this file starts as NaN."""
+pytestmark = pytest.mark.usefixtures("poison_outputs")  # every kernel output in this file starts as NaN
 
 
 @pytest.fixture
