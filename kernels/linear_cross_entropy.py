@@ -23,7 +23,7 @@ The Triton version works through the rows in chunks. Per chunk of rows:
 So the gradients are complete when the forward returns: the backward only scales the saved dx and dweight
 by the upstream gradient (no second pass over the logits), and at most one chunk of logits exists at a
 time. The forward does the gradient work only when it will be needed (grad mode on and x or weight
-requiring grad); under `torch.no_grad()` or in evaluation it is the loss alone.
+requiring grad); otherwise (`torch.no_grad()`, frozen inputs) it computes the loss alone.
 
 Chunk size: `chunk_rows` picks the largest power of two of rows whose logits fit `LOGITS_CHUNK_BYTES`
 (256 MiB: 2048 rows at V = 50304 in bf16) and, on a GPU, a quarter of the free memory; fp16 chunks stop at
@@ -33,9 +33,10 @@ Chunk size: `chunk_rows` picks the largest power of two of rows whose logits fit
 Dtypes: x fp16, bf16 or fp32, weight likewise; the matmuls run in x's dtype (weight cast to it, once per
 call), so under `torch.autocast` the public function first casts x to autocast's dtype, as nn.Linear would.
 Outside autocast x and weight must share a dtype (TypeError otherwise, as the reference's matmul would
-fail). The logsumexp, loss and gradient math run in fp32; dx and dweight are accumulated in fp32 and
-returned in x's and weight's dtypes (so a bf16 head with fp32 master weights gets an fp32 dweight that
-never went through bf16). targets int64.
+fail). The logsumexp, loss and gradient math run in fp32; dx and dweight are accumulated in fp32 over the
+chunks (each chunk's matmul rounds its product to x's dtype, as the reference's single matmul rounds its
+result) and returned in x's and weight's dtypes: a bf16 head with fp32 master weights gets its dweight
+straight from the fp32 sum. targets int64.
 
 Read top-down: reference -> Triton kernel -> chunk size -> host function (validate, loop over chunks,
 launch), registered as `torch.ops.tritongpt.linear_cross_entropy` so torch.compile sees through it ->
