@@ -48,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     try:
-        code = module.main(rest) or 0
-        sys.stdout.flush()  # a reader that went away shows up here, not as an error at interpreter exit
-        return code
+        return module.main(rest) or 0
     except BrokenPipeError:  # the reader went away (`gpt verify | head`): stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 128 + signal.SIGPIPE
