@@ -15,8 +15,6 @@ e.g. `gpt verify --quick` can switch on Triton's interpreter before any kernel i
 from __future__ import annotations
 
 import importlib
-import os
-import signal
 import sys
 
 COMMANDS = {
@@ -47,11 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpt: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    try:
-        return module.main(rest) or 0
-    except BrokenPipeError:  # the reader went away (`gpt verify | head`): stop quietly, as cat does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
-        return 128 + signal.SIGPIPE
+    return module.main(rest) or 0
 
 
 if __name__ == "__main__":
