@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from gpt.checkpoint import CheckpointError, model_from_checkpoint
-    from gpt.hf import HFError, state_dict_to_hf, to_hf
+    from gpt.hf import HFError, to_hf
 
     try:
         model, tok, _ = model_from_checkpoint(args.checkpoint, "cpu", "torch")
@@ -31,6 +31,5 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, HFError) as e:
         ap.exit(2, f"gpt export: {e}\n")
     files = ", ".join(sorted(p.name for p in out.iterdir()))
-    written = sum(t.numel() for t in state_dict_to_hf(model).values())  # a padded vocabulary's rows are dropped
-    print(f"wrote {out}: {files} ({written:,} parameters)")
+    print(f"wrote {out}: {files} ({model.num_params():,} parameters)")
     return 0

@@ -23,7 +23,6 @@ must be on disk.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -35,9 +34,9 @@ from gpt.model import GPT
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 MASK_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
-VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")  # one row per token: padded on our side only
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 TOKENIZER_RECORD = "tritongpt_tokenizer.json"  # our tokenizer, so `gpt generate --hf` can read a char model back
+VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")  # one row per token: padded on our side only
 
 
 class HFError(ValueError):
@@ -242,15 +241,14 @@ def from_hf(
     drop_rate: float = 0.0,
     vocab_size: int | None = None,
 ) -> GPT:
-    """Our GPT (eval mode) with the weights of a local Hugging Face GPT-2 folder. `vocab_size` larger than the
-    folder's pads the vocabulary (e.g. 50304 for GPT-2's 50257): the extra rows are zeros and never tokens."""
+    """Our GPT (eval mode) with the weights of a local Hugging Face GPT-2 folder."""
     path = Path(path).expanduser()
     cfg = config_from_hf(read_hf_config(path), f"{path / 'config.json'}", drop_rate)
     cfg.backend = backend
-    if vocab_size is not None and vocab_size != cfg.vocab_size:
+    if vocab_size is not None and vocab_size != cfg.vocab_size:  # a padded vocabulary: zero rows after the file's
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < cfg.vocab_size:
             raise HFError(f"{path}: vocab_size={vocab_size!r} cannot hold the folder's {cfg.vocab_size} tokens")
-        cfg = dataclasses.replace(cfg, vocab_size=vocab_size, real_vocab_size=cfg.vocab_size)
+        cfg = GPTConfig(**{**vars(cfg), "vocab_size": vocab_size, "real_vocab_size": cfg.vocab_size})
     with torch.device("meta"):  # no random init of weights about to be replaced (gpt2-xl: 1.5 B)
         model = GPT(cfg)
     sd = state_dict_from_hf(load_hf_state_dict(path), model, f"{path}: ")
