@@ -32,7 +32,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 50257  # GPT-2 BPE: 50,000 merges + 256 bytes + <|endoftext|>
+    vocab_size: int = 50257  # rows of the embedding and head; GPT-2 BPE: 50,000 merges + 256 bytes + <|endoftext|>
+    real_vocab_size: int = 0  # tokens that exist when vocab_size is padded past them (50257 of 50304); 0: all rows
     context_length: int = 1024  # longest sequence; size of the learned position embedding
     emb_dim: int = 768
     n_heads: int = 12
@@ -49,6 +50,9 @@ class GPTConfig:
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.real_vocab_size <= self.vocab_size:
+            limit = f"[0, vocab_size={self.vocab_size}] (0: no padding)"
+            raise ConfigError(f"real_vocab_size must be in {limit}, got {self.real_vocab_size}")
         if self.emb_dim % self.n_heads:
             raise ConfigError(f"emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads})")
         if not 0.0 <= self.drop_rate < 1.0:
@@ -59,6 +63,12 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.emb_dim // self.n_heads
+
+    @property
+    def real_vocab(self) -> int:
+        """Token ids that exist: the rows of the embedding and head past them are padding, never targets and
+        never sampled (a vocabulary padded to a multiple of 64 keeps the head's matmul on tensor-core sizes)."""
+        return self.real_vocab_size or self.vocab_size
 
 
 # ---------------------------------------------------------------------------------------------------------

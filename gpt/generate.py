@@ -130,7 +130,8 @@ def generate_stream(
     Stops after max_new_tokens, or once every row has produced `eos_id` (a finished row yields eos_id from
     then on). Prompts longer than the context keep their last context_length tokens. Without `use_cache`
     every step runs the whole (cropped) sequence through the model, as nanoGPT does. `vocab_size` restricts
-    sampling to ids below it (a tokenizer smaller than the model's padded vocabulary).
+    sampling to ids below it (a tokenizer smaller than the model's vocabulary). The padding rows of a padded
+    vocabulary (`config.real_vocab_size`) are never sampled: the model gives no logits for them.
     """
     check_sampling_args(temperature, top_k, top_p)
     if idx.dim() != 2 or idx.shape[1] == 0:

@@ -1,6 +1,7 @@
 """OpenAI's GPT-2 in the Hugging Face layout: read a local folder into our GPT, and write ours out in it.
 
     model = GPT.from_hf("~/models/gpt2")            # gpt2, gpt2-medium, gpt2-large, gpt2-xl
+    model = GPT.from_hf("~/models/gpt2", vocab_size=50304)   # head padded to 64 x 786 rows (zeros)
     to_hf(model, "out/hf", tokenizer)                # config.json + model.safetensors (+ tokenizer files)
 
 The layout: `config.json` (GPT2Config: n_embd, n_layer, n_head, n_positions, vocab_size, layer_norm_epsilon,
@@ -10,6 +11,10 @@ prefix, with three differences:
 - the projections are `Conv1D` modules holding (in, out) weights; `nn.Linear` holds (out, in): transpose;
 - `h.N.attn.bias` / `h.N.attn.masked_bias` are causal-mask buffers, not parameters: skipped;
 - the LM head is tied to `wte` (`tie_word_embeddings`), so files usually leave `lm_head.weight` out.
+
+A padded vocabulary (`GPTConfig.real_vocab_size` < `vocab_size`) exists only on our side: loading with
+`vocab_size=` appends zero rows to `wte` (and an untied head), and writing drops the padding rows again and
+stores the real vocabulary's size, so a padded model round-trips to the file it came from.
 
 Limits: only the plain GPT-2 architecture maps (tanh GELU, pre-norm, MLP width 4 * n_embd, no cross-attention,
 no per-layer attention scaling); anything else is an HFError naming the field. No downloads: the folder
@@ -35,6 +40,7 @@ MASK_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 HF_LAYER = re.compile(r"^h\.(\d+)\.")
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 TOKENIZER_RECORD = "tritongpt_tokenizer.json"  # our tokenizer, so `gpt generate --hf` can read a char model back
+VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")  # one row per token: padded on our side only
 
 
 class HFError(ValueError):
@@ -105,7 +111,7 @@ def config_to_hf(cfg: GPTConfig, eot_id: int | None = None) -> dict:
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
-        "vocab_size": cfg.vocab_size,
+        "vocab_size": cfg.real_vocab,  # the padding rows are not written
         "n_positions": cfg.context_length,
         "n_ctx": cfg.context_length,  # older transformers read this name
         "n_embd": cfg.emb_dim,
@@ -181,9 +187,16 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], model: GPT, where: str = "")
             continue
         conv1d = name.endswith(CONV1D_WEIGHTS)
         want = expected[ours][::-1] if conv1d else expected[ours]  # as the file holds it
+        padding = 0
+        if ours in VOCAB_ROWS:  # the file holds the real vocabulary; a padded model has zero rows after it
+            padding = model.config.vocab_size - model.config.real_vocab
+            want = (want[0] - padding, *want[1:])
         if tuple(t.shape) != want:
             raise HFError(f"{where}{name}: shape {tuple(t.shape)} does not fit the config, expected {want}")
-        out[ours] = (t.t() if conv1d else t).contiguous()
+        t = t.t() if conv1d else t
+        if padding:
+            t = torch.cat([t, t.new_zeros(padding, *t.shape[1:])])
+        out[ours] = t.contiguous()
     if model.config.tie_weights and "transformer.wte.weight" in out:
         out["lm_head.weight"] = out["transformer.wte.weight"]
     missing = sorted(set(expected) - set(out))
@@ -203,7 +216,8 @@ def _few(what: str, names: list[str]) -> str:
 
 
 def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
-    """HF-named, contiguous CPU tensors as GPT2LMHeadModel saves them (head left out when tied)."""
+    """HF-named, contiguous CPU tensors as GPT2LMHeadModel saves them (head left out when tied; the padding
+    rows of a padded vocabulary dropped)."""
     cfg = model.config
     out = {}
     for name, t in model.state_dict().items():
@@ -212,6 +226,8 @@ def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
         t = t.detach().to("cpu")
         if name.endswith(CONV1D_WEIGHTS):
             t = t.t()
+        if name in VOCAB_ROWS:
+            t = t[: cfg.real_vocab]
         out[name] = t.contiguous()
     if not cfg.qkv_bias:  # GPT-2 always has a q/k/v bias; zeros reproduce "none" exactly
         dtype = out["transformer.wte.weight"].dtype
@@ -230,6 +246,7 @@ def from_hf(
     backend: str = "auto",
     dtype: torch.dtype = torch.float32,
     drop_rate: float = 0.0,
+    vocab_size: int | None = None,
 ) -> GPT:
     """Our GPT (eval mode) with the weights of a local Hugging Face GPT-2 folder."""
     from gpt.model import check_model_fits
@@ -238,6 +255,10 @@ def from_hf(
     where = f"{path / 'config.json'}"
     cfg = config_from_hf(read_hf_config(path), where, drop_rate)
     cfg.backend = backend
+    if vocab_size is not None and vocab_size != cfg.vocab_size:  # a padded vocabulary: zero rows after the file's
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < cfg.vocab_size:
+            raise HFError(f"{path}: vocab_size={vocab_size!r} cannot hold the folder's {cfg.vocab_size} tokens")
+        cfg = GPTConfig(**{**vars(cfg), "vocab_size": vocab_size, "real_vocab_size": cfg.vocab_size})
     try:
         check_model_fits(cfg, device, torch.finfo(dtype).bits // 8, f"loading it in {dtype}")
     except ConfigError as e:

@@ -54,13 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.forward:
         model = GPT(cfg).eval()
         T = min(cfg.context_length, 64)
-        idx = torch.randint(0, cfg.vocab_size, (2, T))
+        idx = torch.randint(0, cfg.real_vocab, (2, T))
         t0 = time.perf_counter()
         with torch.no_grad():
-            logits, loss = model(idx, torch.randint(0, cfg.vocab_size, (2, T)))
+            logits, loss = model(idx, torch.randint(0, cfg.real_vocab, (2, T)))
         print(
             f"forward       (2, {T}) tokens -> logits {tuple(logits.shape)}, loss {loss.item():.3f} "
-            f"(ln(vocab) = {torch.log(torch.tensor(float(cfg.vocab_size))).item():.3f}), "
+            f"(ln(vocab) = {torch.log(torch.tensor(float(cfg.real_vocab))).item():.3f}), "
             f"{(time.perf_counter() - t0) * 1e3:.0f} ms"
         )
     return 0

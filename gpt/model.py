@@ -7,7 +7,7 @@ No torch.nn.LayerNorm, GELU, MultiheadAttention or Transformer: the layer math i
     from gpt.config import load_model_config
     from gpt.model import GPT
     model = GPT(load_model_config("gpt2-124m"))
-    logits, loss = model(idx, targets)      # idx, targets: (B, T) token ids
+    logits, loss = model(idx, targets)      # idx, targets: (B, T) token ids; logits None when training on triton
     out = model.generate(idx, max_new_tokens=50, temperature=0.8, top_k=200)   # gpt/generate.py
 """
 
@@ -176,8 +176,15 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         start_pos: int = 0,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx: (B, T) token ids -> logits (B, T, vocab); with targets (B, T), also the mean cross-entropy.
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """idx: (B, T) token ids -> logits (B, T, vocab); with targets (B, T), also the mean cross-entropy over
+        the positions whose target is not -1 (fp32; 0 if every target is -1).
+
+        vocab is `config.real_vocab`: the rows of a padded head (vocab_size > real_vocab_size) give no logits
+        and take no part in the loss's softmax. When training (`model.train()`) with targets on the triton
+        backend (or "auto" on CUDA), the head and the loss run as one chunked kernel
+        (`linear_cross_entropy`) that never materialises the logits: the result is (None, loss).
+        Evaluation (`model.eval()`), calls without targets and generation always return the logits.
 
         With `kv_cache` (generation), idx holds positions start_pos..start_pos+T-1 of a sequence whose earlier
         positions are in the cache; their keys and values are added to it, and only the last position's
@@ -196,10 +203,20 @@ class GPT(nn.Module):
             x = block(x, None if kv_cache is None else kv_cache[i], start_pos)
         if kv_cache is not None:
             x = x[:, -1:]  # generation needs only the next-token logits
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        x = self.transformer.ln_f(x)
+        vocab = self.config.real_vocab
+        if targets is not None and self.training and self.ops.fuses_linear_cross_entropy(x):
+            # head and loss in one chunked kernel: the (B * T, vocab) logits never exist in full
+            loss = self.ops.linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten(), -1, vocab)
+            return None, loss
+        logits = self.lm_head(x)  # (B, T, vocab_size)
+        if vocab < self.config.vocab_size:
+            logits = logits[..., :vocab]  # padding rows are no tokens: (B, T, real_vocab)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+            targets = targets.flatten()
+            total = F.cross_entropy(logits.float().flatten(0, 1), targets, ignore_index=-1, reduction="sum")
+            loss = total / (targets != -1).sum().clamp(min=1)
         return logits, loss
 
     # ------------------------------------------------------------------ generation and pretrained weights

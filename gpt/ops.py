@@ -48,6 +48,14 @@ class Ops:
     def bias_gelu(self, x, bias):
         return self.implementation(x).bias_gelu(x, bias)
 
+    def linear_cross_entropy(self, x, weight, targets, ignore_index=-1, n_classes=None):
+        return self.implementation(x).linear_cross_entropy(x, weight, targets, ignore_index, n_classes)
+
+    def fuses_linear_cross_entropy(self, x) -> bool:
+        """True where `linear_cross_entropy` never materialises the logits (our kernel), so a caller that needs
+        only the loss should take it from there rather than from the logits."""
+        return self.implementation(x) is kernels.implementation("triton")
+
     def attention(self, q, k, v, causal=True, dropout_p=0.0, scale=None):
         return self.implementation(q).attention(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)
 

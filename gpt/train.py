@@ -6,8 +6,10 @@
     torchrun --nproc_per_node 8 -m gpt.train --config train-gpt2-124m
 
 A preset's `[model]` table builds `GPTConfig`, `[train]` builds `TrainConfig` and `[data]` says where the
-prepared token files are (`gpt prepare` writes them). The model's `vocab_size` is a ceiling: the prepared
-tokenizer's vocabulary is used when it is smaller, and a larger one is an error.
+prepared token files are (`gpt prepare` writes them). The model's `vocab_size` (rows of the embedding and
+head) must hold the prepared tokenizer's vocabulary; when it is larger the extra rows are padding (nanoGPT's
+50304 for GPT-2's 50257 keeps the head's matmul on tensor-core sizes): the model's `real_vocab_size` is set
+to the data's, so they are never targets, never sampled and not exported.
 
 One optimizer step reads `batch_size * grad_accum * world_size` windows of `context_length` tokens; the
 learning rate rises linearly over `warmup_steps`, then follows a cosine down to `min_lr` at
@@ -294,8 +296,13 @@ class Trainer:
                 f"the prepared data in {data_cfg.dir} has a {data_vocab}-token vocabulary, more than "
                 f"model.vocab_size = {model_cfg.vocab_size}; raise model.vocab_size"
             )
-        if data_vocab < model_cfg.vocab_size:
-            model_cfg = dataclasses.replace(model_cfg, vocab_size=data_vocab)
+        if model_cfg.real_vocab_size not in (0, data_vocab):
+            raise ConfigError(
+                f"model.real_vocab_size = {model_cfg.real_vocab_size}, but the prepared data in {data_cfg.dir} has "
+                f"a {data_vocab}-token vocabulary; leave it unset (the data decides it)"
+            )
+        padded = data_vocab < model_cfg.vocab_size  # the rows past data_vocab are padding
+        model_cfg = dataclasses.replace(model_cfg, real_vocab_size=data_vocab if padded else 0)
         self.model_cfg = model_cfg
         T = model_cfg.context_length
         d = Path(data_cfg.dir)
@@ -447,9 +454,12 @@ class Trainer:
         path, ckpt = found
         saved = ckpt["model_config"]
         mine = dataclasses.asdict(self.model_cfg)
-        diff = sorted(k for k in mine if k != "backend" and saved.get(k) != mine[k])
+        default = dataclasses.asdict(GPTConfig())  # what a field missing from an older checkpoint meant
+        diff = sorted(k for k in mine if k != "backend" and saved.get(k, default[k]) != mine[k])
         if diff:
-            changes = ", ".join(f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in diff)
+            changes = ", ".join(f"{k}: {saved.get(k, default[k])!r} -> {mine[k]!r}" for k in diff)
+            if "vocab_size" in diff and "real_vocab_size" not in saved:  # trained when the vocabulary was cut
+                changes += f"; a run from before padded vocabularies: add --set model.vocab_size={saved['vocab_size']}"
             raise CheckpointError(f"--resume: {path} was trained with a different model config ({changes})")
         self._check_same_tokenizer(path, ckpt)
         try:  # a file that loads but whose entries do not fit: a named error, never a traceback
@@ -749,9 +759,12 @@ class Trainer:
         if self.dist.master:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         n = self.model.num_params()
+        vocab = f"vocab {self.model_cfg.vocab_size}"
+        if self.model_cfg.real_vocab_size:
+            vocab += f" = {self.model_cfg.real_vocab_size} tokens + padding"
         self.log(
             f"model {n / 1e6:.2f}M parameters ({self.model_cfg.n_layers} layers, {self.model_cfg.emb_dim} wide, "
-            f"context {self.model_cfg.context_length}, vocab {self.model_cfg.vocab_size}) on {self.device} "
+            f"context {self.model_cfg.context_length}, {vocab}) on {self.device} "
             f"({self.precision}, {self.dist.world_size} process{'es' if self.dist.enabled else ''}); "
             f"{self.tokens_per_step:,} tokens/step, steps {self.step} -> {self.max_steps}"
         )

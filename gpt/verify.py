@@ -110,14 +110,16 @@ def forward_backward(
     upstream: Sequence[torch.Tensor],
     dtype: torch.dtype | None = None,
 ) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
-    """Run fn(**inputs) on fresh leaf copies (cast to `dtype` if given) and backpropagate `upstream`, one
-    gradient per output (cast to each output's dtype). Returns (outputs, {name: gradient} for grad_names).
+    """Run fn(**inputs) on fresh leaf copies (floating-point ones cast to `dtype` if given; integer ones, such
+    as class targets, keep theirs) and backpropagate `upstream`, one gradient per output (cast to each output's
+    dtype). Returns (outputs, {name: gradient} for grad_names).
 
     Copies keep the inputs' strides, so a non-contiguous input stays non-contiguous."""
     leaves = {}
     for name, value in inputs.items():
         if isinstance(value, torch.Tensor):
-            copy = torch.empty_strided(value.shape, value.stride(), dtype=dtype or value.dtype, device=value.device)
+            cast = dtype if dtype is not None and value.is_floating_point() else value.dtype
+            copy = torch.empty_strided(value.shape, value.stride(), dtype=cast, device=value.device)
             copy.copy_(value)
             value = copy.requires_grad_(name in grad_names)
         leaves[name] = value
@@ -175,7 +177,7 @@ class Case:
     grad_names: tuple[str, ...]
 
 
-OPS = ("layer_norm", "add_layer_norm", "gelu", "bias_gelu", "attention")  # kernels.OPS
+OPS = ("layer_norm", "add_layer_norm", "gelu", "bias_gelu", "attention", "linear_cross_entropy")  # kernels.OPS
 
 
 def _shape_str(shape: Iterable[int]) -> str:
@@ -221,6 +223,28 @@ def build_cases(op: str, quick: bool, dtypes: Sequence[torch.dtype], device: tor
                     inputs = {n: randn(*shape).to(dtype) for n in ("q", "k", "v")}
                     inputs["causal"] = True
                     cases.append(Case(op, _shape_str(shape), dtype, inputs, ("q", "k", "v")))
+    elif op == "linear_cross_entropy":
+        # (rows N, width C, vocabulary V, real classes of a padded head or None, logit scale): V past the
+        # kernel's 4096-column block with a tail, a padded head, logits |x.w| ~ 100; every 5th row ignored.
+        if quick:
+            shapes = [(1, 16, 37, None, 1), (13, 32, 300, None, 1), (7, 64, 5000, None, 1), (24, 48, 128, 100, 1)]
+            shapes.append((13, 64, 300, None, 3.5))
+        else:
+            shapes = [(1, 768, 50257, None, 1), (2049, 768, 50257, None, 1), (4096, 768, 50304, 50257, 1)]
+            shapes.append((1000, 768, 50304, 50257, 1.2))
+        for n, c, v, n_classes, scale in shapes:
+            for dtype in dtypes:
+                targets = torch.randint(0, n_classes or v, (n,), generator=gen)
+                targets[4::5] = -1
+                inputs = {
+                    "x": randn(n, c, scale=scale).to(dtype),
+                    "weight": randn(v, c, scale=scale).to(dtype),
+                    "targets": targets.to(device),
+                    "ignore_index": -1,
+                    "n_classes": n_classes,
+                }
+                label = f"{n}x{c}x{v}" + (f":{n_classes}" if n_classes else "") + (" big" if scale > 1 else "")
+                cases.append(Case(op, label, dtype, inputs, ("x", "weight")))
     return cases
 
 
@@ -240,14 +264,14 @@ def resolve(op: str, impl: str = "triton") -> tuple[Callable[..., Any] | None, C
 # The command
 
 
-HEADER = f"{'op':<15} {'shape':<16} {'dtype':<5} {'pass':<9} {'max err':>10} {'ref err':>10} {'ratio':>7}  result"
+HEADER = f"{'op':<20} {'shape':<16} {'dtype':<5} {'pass':<9} {'max err':>10} {'ref err':>10} {'ratio':>7}  result"
 
 
 def _row(case: Case, c: Comparison) -> str:
     ratio = f"{c.ratio:7.2f}" if math.isfinite(c.ratio) else f"{'inf':>7}"
     result = "PASS" if c.ok else "FAIL" + (f" ({c.note})" if c.note else f" (bound {c.bound:.2e})")
     return (
-        f"{case.op:<15} {case.shape:<16} {DTYPE_NAMES[case.dtype]:<5} {c.name:<9} "
+        f"{case.op:<20} {case.shape:<16} {DTYPE_NAMES[case.dtype]:<5} {c.name:<9} "
         f"{c.err:10.2e} {c.ref_err:10.2e} {ratio}  {result}"
     )
 
@@ -290,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             kernel, reference, unavailable = resolve(op, args.impl)
             if kernel is None:  # a missing implementation is a failure, never a silent pass
                 n_failed += 1
-                print(f"{op:<15} {'-':<16} {'-':<5} {'-':<9} {'':>10} {'':>10} {'':>7}  FAIL: {unavailable}")
+                print(f"{op:<20} {'-':<16} {'-':<5} {'-':<9} {'':>10} {'':>10} {'':>7}  FAIL: {unavailable}")
                 continue
             for case in build_cases(op, quick, dtypes, device, args.seed):
                 common.POISON_OUTPUTS = True

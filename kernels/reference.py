@@ -9,5 +9,6 @@ from kernels.gelu import bias_gelu_ref as bias_gelu
 from kernels.gelu import gelu_ref as gelu
 from kernels.layer_norm import add_layer_norm_ref as add_layer_norm
 from kernels.layer_norm import layer_norm_ref as layer_norm
+from kernels.linear_cross_entropy import linear_cross_entropy_ref as linear_cross_entropy
 
-__all__ = ["add_layer_norm", "attention", "bias_gelu", "gelu", "layer_norm"]
+__all__ = ["add_layer_norm", "attention", "bias_gelu", "gelu", "layer_norm", "linear_cross_entropy"]

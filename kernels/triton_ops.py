@@ -6,5 +6,6 @@ Each function lives, with its kernels and its reference, in the op's own file; s
 from kernels.attention import attention
 from kernels.gelu import bias_gelu, gelu
 from kernels.layer_norm import add_layer_norm, layer_norm
+from kernels.linear_cross_entropy import linear_cross_entropy
 
-__all__ = ["add_layer_norm", "attention", "bias_gelu", "gelu", "layer_norm"]
+__all__ = ["add_layer_norm", "attention", "bias_gelu", "gelu", "layer_norm", "linear_cross_entropy"]

@@ -11,9 +11,21 @@ The implementation is `gpt.verify`'s, so `gpt verify` and the tests judge by the
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pytest
+import torch
+
 from gpt.verify import GRAD_FACTOR, HI_DTYPE, OUTPUT_FACTOR, Comparison, check_op, compare, forward_backward
 
+# What a kernel test runs in: fp32 and fp16 everywhere (on a CPU through Triton's interpreter), bf16 on a GPU
+# only (the interpreter gets bf16 `tl.dot` wrong).
+DTYPES = [
+    pytest.param(torch.float32, id="fp32"),
+    pytest.param(torch.float16, id="fp16"),
+    pytest.param(torch.bfloat16, id="bf16", marks=pytest.mark.gpu),
+]
+
 __all__ = [
+    "DTYPES",
     "GRAD_FACTOR",
     "HI_DTYPE",
     "OUTPUT_FACTOR",
@@ -55,8 +67,6 @@ def assert_matches_reference(
 def assert_compiled_matches_eager(fn: Callable[..., Any], args: Sequence[Any], dy: Any, backend: str) -> None:
     """`torch.compile(fn, fullgraph=True)` (which fails on any graph break) gives the eager outputs and input
     gradients under the upstream gradient `dy`."""
-    import torch
-
     results = []
     for f in (fn, torch.compile(fn, backend=backend, fullgraph=True)):
         leaves = [a.clone().requires_grad_() for a in args]

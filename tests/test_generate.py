@@ -203,6 +203,22 @@ def test_sampling_stays_inside_a_smaller_tokenizer_vocabulary():
     assert out[:, 3:].max() < 7
 
 
+def test_a_padded_vocabulary_is_never_sampled():
+    """The padding rows get no logits: not sampled at a high temperature, nor when their weights would win
+    the argmax (rows of +-50 x a real row: one of the two has the largest logit almost everywhere)."""
+    model = tiny_model(vocab_size=64, real_vocab_size=50, tie_weights=False)
+    with torch.no_grad():
+        model.lm_head.weight[50:52] = torch.stack([50 * model.lm_head.weight[0], -50 * model.lm_head.weight[0]])
+    prompt = torch.randint(0, 50, (4, 3), device=DEVICE)
+    assert model.eval()(prompt)[0].shape == (4, 3, 50)
+    for temperature in (3.0, 0.0):
+        for use_cache in (True, False):
+            out = generate(model, prompt, 30, temperature=temperature, use_cache=use_cache)
+            assert out[:, 3:].max() < 50
+    model.config.real_vocab_size = 0  # the control: the same weights as an unpadded head pick the padding rows
+    assert (generate(model, prompt, 30, temperature=0.0)[:, 3:] >= 50).float().mean() > 0.8
+
+
 def test_generate_leaves_training_mode_as_it_was():
     model = tiny_model().train()
     generate(model, torch.zeros(1, 2, dtype=torch.long, device=DEVICE), 2)

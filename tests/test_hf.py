@@ -146,6 +146,47 @@ def test_weights_that_do_not_fit_name_the_tensor(tmp_path):
         from_hf(tmp_path / "hf")
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(tie_weights=False)])
+def test_padded_vocabulary_loads_as_zeros_and_exports_back_exactly(tmp_path, kw):
+    """GPT-2 weights into a padded head (zero rows after the real vocabulary, outside the loss's softmax, so
+    the logits and the loss are the unpadded model's), and `to_hf` drops the rows: the files match."""
+    pytest.importorskip("safetensors")
+    model = our_model(**kw)
+    to_hf(model, tmp_path / "hf")
+    padded = from_hf(tmp_path / "hf", backend="torch", vocab_size=128)
+    assert (padded.config.vocab_size, padded.config.real_vocab_size, padded.config.real_vocab) == (128, 101, 101)
+    for w in (padded.transformer.wte.weight, padded.lm_head.weight):
+        assert w.shape == (128, 64) and torch.equal(w[101:], torch.zeros(27, 64))
+    idx, tgt = torch.randint(0, 101, (2, 32)), torch.randint(0, 101, (2, 32))
+    with torch.no_grad():
+        logits, loss = padded(idx, tgt)
+        logits_u, loss_u = model(idx, tgt)
+    assert logits.shape == (2, 32, 101)
+    torch.testing.assert_close(logits, logits_u, rtol=0, atol=0)
+    torch.testing.assert_close(loss, loss_u, rtol=0, atol=0)
+    to_hf(padded, tmp_path / "back")
+    original, back = load_hf_state_dict(tmp_path / "hf"), load_hf_state_dict(tmp_path / "back")
+    assert original.keys() == back.keys()
+    assert all(torch.equal(original[k], back[k]) for k in original)
+    assert (tmp_path / "hf" / "config.json").read_text() == (tmp_path / "back" / "config.json").read_text()
+    assert from_hf(tmp_path / "hf", vocab_size=101).config.real_vocab_size == 0  # no padding asked for
+    for bad in (100, 0, 101.5, "128"):
+        with pytest.raises(HFError, match=f"vocab_size={bad!r} cannot hold the folder's 101 tokens"):
+            from_hf(tmp_path / "hf", vocab_size=bad)
+
+
+def test_export_cli_drops_the_padding(tmp_path, capsys):
+    pytest.importorskip("safetensors")
+    tok = CharTokenizer.from_text("abcdefgh\n")
+    model = our_model(vocab_size=64, real_vocab_size=tok.vocab_size)
+    ckpt = save_checkpoint(tmp_path / "c.pt", model_payload(model, tok))
+    assert export_main(["--checkpoint", str(ckpt), "--hf", str(tmp_path / "hf")]) == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["vocab_size"] == tok.vocab_size == 9
+    wte = load_hf_state_dict(tmp_path / "hf")["transformer.wte.weight"]
+    assert torch.equal(wte, model.transformer.wte.weight[:9])
+    assert from_hf(tmp_path / "hf").config.vocab_size == 9
+
+
 def test_export_cli_and_generate_from_the_export(tmp_path, capsys):
     pytest.importorskip("safetensors")
     tok = CharTokenizer.from_text("abcdefgh\n")

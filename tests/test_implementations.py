@@ -34,8 +34,9 @@ def test_kernels_package_does_not_shadow_its_op_modules():
     import kernels.attention
     import kernels.gelu
     import kernels.layer_norm
+    import kernels.linear_cross_entropy
 
-    for module in (kernels.attention, kernels.gelu, kernels.layer_norm):
+    for module in (kernels.attention, kernels.gelu, kernels.layer_norm, kernels.linear_cross_entropy):
         assert inspect.ismodule(module)
 
 

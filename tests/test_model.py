@@ -24,6 +24,37 @@ def test_output_shape_and_loss():
     assert loss2 is None and torch.equal(logits, logits2)
 
 
+def test_padded_vocabulary():
+    """vocab_size rows, real_vocab_size tokens: logits and loss over the real ones only (the padding rows stay out
+    of the softmax and get no gradient); the loss equals F.cross_entropy over the real logits."""
+    model = GPT(tiny(vocab_size=64, real_vocab_size=50, tie_weights=False))
+    assert model.lm_head.weight.shape == (64, 48) and model.transformer.wte.weight.shape == (64, 48)
+    idx, tgt = torch.randint(0, 50, (3, 17)), torch.randint(0, 50, (3, 17))
+    tgt[0, :5] = -1
+    logits, loss = model(idx, tgt)
+    assert logits.shape == (3, 17, 50)
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=-1)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert torch.equal(model.lm_head.weight.grad[50:], torch.zeros(14, 48))
+    assert torch.equal(model.transformer.wte.weight.grad[50:], torch.zeros(14, 48))
+    with pytest.raises(ValueError, match=r"real_vocab_size must be in \[0, vocab_size=64\]"):  # a ConfigError
+        tiny(vocab_size=64, real_vocab_size=65)
+    with pytest.raises(ValueError, match="real_vocab_size"):
+        tiny(real_vocab_size=-1)
+
+
+def test_all_targets_ignored_gives_a_zero_loss_on_every_backend():
+    model = GPT(tiny())
+    idx = torch.randint(0, 61, (2, 9))
+    for backend in ("torch", "native"):
+        model.set_backend(backend)
+        _, loss = model(idx, torch.full_like(idx, -1))
+        assert loss.item() == 0.0
+        loss.backward()
+        assert all(torch.equal(p.grad, torch.zeros_like(p.grad)) for p in model.parameters() if p.grad is not None)
+
+
 def test_initial_loss_is_near_uniform():
     model = GPT(tiny(vocab_size=500, tie_weights=False))
     idx, tgt = torch.randint(0, 500, (4, 32)), torch.randint(0, 500, (4, 32))

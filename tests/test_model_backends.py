@@ -28,18 +28,28 @@ def twin_models(backend: str = "triton", **kw) -> tuple[GPT, GPT]:
 
 
 def forward_backward(model: GPT, idx, tgt):
+    """(logits, loss, gradients): loss and gradients of a training step, logits of an evaluation pass (training
+    on the triton backend takes the loss from the fused head, without logits)."""
     logits, loss = model(idx, tgt)
+    assert (logits is None) == (model.config.backend == "triton")
     loss.backward()
     grads = {name: p.grad for name, p in model.named_parameters()}
-    return logits.detach(), loss.detach(), grads
+    with torch.no_grad():
+        logits = model.eval()(idx)[0]
+    model.train()
+    return logits, loss.detach(), grads
+
+
+PADDED = dict(vocab_size=48, real_vocab_size=37)  # 11 padding rows in the embedding and the head
 
 
 @pytest.mark.parametrize("backend", ["native", "triton"])
-@pytest.mark.parametrize("norm", ["pre", "post"])
-def test_logits_loss_and_every_gradient_follow_the_rule(backend, norm):
+@pytest.mark.parametrize("norm, vocab", [("pre", {}), ("post", PADDED)], ids=["pre", "post-padded"])
+def test_logits_loss_and_every_gradient_follow_the_rule(backend, norm, vocab):
     """Each backend's logits, loss and gradients against the reference computed in fp64: error at most 2x (3x for
-    gradients) the fp32 reference's own error, plus the floor."""
-    ref, other = twin_models(backend, norm_placement=norm, drop_rate=0.0)
+    gradients) the fp32 reference's own error, plus the floor. A padded vocabulary's padding rows get no
+    gradient (never looked up, outside the loss's softmax)."""
+    ref, other = twin_models(backend, norm_placement=norm, drop_rate=0.0, **vocab)
     hi = copy.deepcopy(ref).double()
     idx = torch.randint(0, 37, (2, 19), device=DEVICE)
     tgt = torch.randint(0, 37, (2, 19), device=DEVICE)
@@ -53,6 +63,9 @@ def test_logits_loss_and_every_gradient_follow_the_rule(backend, norm):
     comparisons += [compare(f"d{n}", grads_o[n], grads_r[n], grads_h[n], GRAD_FACTOR) for n in grads_r]
     assert len(comparisons) == 2 + len(list(ref.parameters()))
     assert_rule(comparisons)
+    assert logits_o.shape == (2, 19, 37)
+    padding = grads_o["transformer.wte.weight"][37:]  # the tied head's padding rows
+    assert torch.equal(padding, torch.zeros_like(padding))
 
 
 def train_curve(model: GPT, data: torch.Tensor, steps: int) -> list[float]:
@@ -70,7 +83,8 @@ def train_curve(model: GPT, data: torch.Tensor, steps: int) -> list[float]:
 
 @pytest.mark.parametrize("backend", ["native", "triton"])
 def test_thirty_step_training_curves_agree(backend):
-    ref, other = twin_models(backend, n_layers=1)
+    """Training with a padded vocabulary (the triton backend: the fused head) follows the reference."""
+    ref, other = twin_models(backend, n_layers=1, **PADDED)
     data = torch.randint(0, 37, (3, 2, 9), device=DEVICE)
     curve_r = train_curve(ref, data, 30)
     curve_o = train_curve(other, data, 30)
@@ -94,11 +108,17 @@ def test_bf16_training_curves_agree_on_gpu():
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_GPU, reason="torch.compile of Triton kernels needs a CUDA GPU")
 def test_compiled_triton_model_matches_eager():
-    _, tri = twin_models()
+    _, tri = twin_models(vocab_size=64, real_vocab_size=37)
     idx = torch.randint(0, 37, (2, 19), device=DEVICE)
-    eager_logits, eager_loss = tri(idx, idx)
     compiled = torch.compile(tri, fullgraph=True)
+    eager_logits, eager_loss = tri.eval()(idx, idx)
     logits, loss = compiled(idx, idx)
     torch.testing.assert_close(logits, eager_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-5)
+    tri.train()
+    eager_none, eager_loss = tri(idx, idx)  # training: the fused head, no logits
+    none, loss = compiled(idx, idx)
+    assert eager_none is None and none is None
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-5)
     loss.backward()
     assert all(p.grad is not None for p in tri.parameters())

@@ -35,7 +35,9 @@ compiles are the cost, the row-wise kernels are cheap:
   configs need 290-390 KB of shared memory (the autotuner drops them; config 0 fits);
 - preprocess for the three dtypes (head dims 64 and 128) and the dropout-mask kernel;
 - LayerNorm fwd (with/without residual, with/without bias) and bwd (with/without dsum) at widths 768 and
-  65536 (BLOCK 65536, 32 warps) in fp16, bf16 and fp32; GELU fwd/bwd with/without bias in the three dtypes.
+  65536 (BLOCK 65536, 32 warps) in fp16, bf16 and fp32; GELU fwd/bwd with/without bias in the three dtypes;
+  the cross-entropy kernel of linear_cross_entropy at V = 50304 (4096-column blocks) with and without the
+  gradient sweep, in the three dtypes.
 `--full` (script mode only) compiles every config of every combination instead.
 
 A config whose shared memory exceeds the H100's 227 KB per block fails the test unless it belongs to an
@@ -95,6 +97,8 @@ def _scenarios(full: bool) -> list[dict]:
                                 "bias": bias, "configs": "all"})  # fmt: skip
         for bias in (False, True):
             out.append({"op": "gelu", "dtype": dtype, "width": 3072, "bias": bias, "configs": "all"})
+        for grad in (True, False):
+            out.append({"op": "linear_cross_entropy", "dtype": dtype, "vocab": 50304, "grad": grad, "configs": "all"})
     return out
 
 
@@ -105,7 +109,9 @@ def _run_scenario(sc: dict) -> None:
     import torch
 
     # kernels/__init__.py re-exports functions named like the modules, so import the modules by path.
-    attention, gelu, layer_norm = (importlib.import_module(f"kernels.{m}") for m in ("attention", "gelu", "layer_norm"))
+    attention, gelu, layer_norm, lce = (
+        importlib.import_module(f"kernels.{m}") for m in ("attention", "gelu", "layer_norm", "linear_cross_entropy")
+    )
 
     dtype = getattr(torch, sc["dtype"])
     if sc["op"] == "attention":
@@ -135,6 +141,9 @@ def _run_scenario(sc: dict) -> None:
         else:
             gelu.gelu_fwd(x)
             gelu.gelu_bwd(torch.zeros_like(x), x)
+    elif sc["op"] == "linear_cross_entropy":
+        x, w = torch.zeros(4, 64, dtype=dtype), torch.zeros(sc["vocab"], 64, dtype=dtype)
+        lce.linear_cross_entropy_fwd(x, w, torch.zeros(4, dtype=torch.int64), -1, 50257, sc["grad"])
     else:
         raise ValueError(sc["op"])
 
@@ -276,7 +285,7 @@ def _compile_job(job: dict) -> dict:
 
 
 _META_SKIP = {"HEAD_DIM", "BLOCK_D", "CAUSAL", "DROPOUT", "INPUT_PRECISION", "HAS_RESIDUAL", "HAS_BIAS",
-              "HAS_DSUM", "debug"}  # fmt: skip
+              "HAS_DSUM", "COMPUTE_GRAD", "debug"}  # fmt: skip
 
 
 def _config_label(sc: dict, kw: dict) -> str:
@@ -291,6 +300,8 @@ def _config_label(sc: dict, kw: dict) -> str:
         for flag in ("HAS_RESIDUAL", "HAS_BIAS", "HAS_DSUM"):
             if kw.get(flag):
                 parts.append(flag[4:].lower())
+    elif sc["op"] == "linear_cross_entropy":
+        parts.append(f"V={sc['vocab']}" + (" grad" if kw.get("COMPUTE_GRAD") else ""))
     blocks = "x".join(str(v) for k, v in kw.items() if k.startswith("BLOCK") and k not in _META_SKIP)
     parts.append(f"{blocks} w{kw.get('num_warps', 4)} s{kw.get('num_stages', 3)}")
     return " ".join(parts)
@@ -342,7 +353,7 @@ def compile_all(full: bool = False, n_workers: int = N_WORKERS) -> tuple[list[di
 _KERNEL_ORDER = [
     "_attn_fwd_kernel", "_attn_bwd_preprocess_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel",
     "_attn_dropout_mask_kernel", "_layer_norm_fwd_kernel", "_layer_norm_bwd_kernel", "_bias_gelu_fwd_kernel",
-    "_bias_gelu_bwd_kernel",
+    "_bias_gelu_bwd_kernel", "_cross_entropy_fwd_kernel",
 ]  # fmt: skip
 
 

@@ -75,7 +75,7 @@ def test_loss_falls(data_dir, tmp_path):
     after = trainer.evaluate()
     assert sum(losses[-10:]) / 10 < losses[0] - 0.8, losses
     assert after < before - 0.8
-    assert before == pytest.approx(math.log(trainer.model_cfg.vocab_size), rel=0.1)
+    assert before == pytest.approx(math.log(trainer.model_cfg.real_vocab), rel=0.1)
 
 
 def test_lr_schedule():
@@ -201,6 +201,36 @@ def test_resume_without_checkpoint_or_with_other_model(data_dir, tmp_path):
     Trainer(*tiny(data_dir, tmp_path, max_steps=2), verbose=False).fit()
     with pytest.raises(CheckpointError, match="emb_dim"):
         Trainer(*tiny(data_dir, tmp_path, {"emb_dim": 64}), resume=True, verbose=False)
+
+
+def test_a_padded_vocabulary_is_kept(data_dir, tmp_path):
+    """model.vocab_size above the data's vocabulary is padding (the rows stay, real_vocab_size says how many are
+    tokens); a real_vocab_size that disagrees with the data is an error naming both."""
+    trainer = Trainer(*tiny(data_dir, tmp_path, max_steps=2), verbose=False)
+    data_vocab = trainer.tok.vocab_size
+    assert data_vocab < 64
+    assert (trainer.model_cfg.vocab_size, trainer.model_cfg.real_vocab_size) == (64, data_vocab)
+    assert trainer.model.lm_head.weight.shape[0] == 64 and trainer.fit() == 0
+    assert load_checkpoint(checkpoint_path(tmp_path, 2))["model_config"]["real_vocab_size"] == data_vocab
+    exact = Trainer(*tiny(data_dir, tmp_path / "exact", {"vocab_size": data_vocab}), verbose=False)
+    assert exact.model_cfg.real_vocab_size == 0  # nothing padded
+    with pytest.raises(ConfigError, match=f"model.real_vocab_size = 5, but .* has a {data_vocab}-token vocabulary"):
+        Trainer(*tiny(data_dir, tmp_path / "bad", {"real_vocab_size": 5}), verbose=False)
+
+
+def test_resume_of_a_run_from_before_padded_vocabularies(data_dir, tmp_path):
+    """Such a run had vocab_size cut to the data's and no real_vocab_size: it resumes with that vocab_size, and
+    the error for the preset's padded one says so."""
+    data_vocab = Trainer(*tiny(data_dir, tmp_path / "probe"), verbose=False).tok.vocab_size
+    Trainer(*tiny(data_dir, tmp_path, {"vocab_size": data_vocab}, max_steps=2), verbose=False).fit()
+    path = checkpoint_path(tmp_path, 2)
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["model_config"]["real_vocab_size"]  # as written before the field existed
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=f"vocab_size: {data_vocab} -> 64.*--set model.vocab_size={data_vocab}"):
+        Trainer(*tiny(data_dir, tmp_path, max_steps=3), resume=True, verbose=False)
+    resumed = Trainer(*tiny(data_dir, tmp_path, {"vocab_size": data_vocab}, max_steps=3), resume=True, verbose=False)
+    assert resumed.step == 2 and resumed.fit() == 0
 
 
 class NaNAt(torch.nn.Module):

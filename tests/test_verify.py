@@ -16,8 +16,8 @@ def test_quick_run_passes_and_prints_the_table(capsys):
     assert cli.main(["verify", "--quick", "--ops", "gelu,layer_norm"]) == 0
     out = capsys.readouterr().out
     assert verify.HEADER in out
-    assert "gelu            3x7x257          fp16  dx" in out
-    assert "layer_norm      2x1000           fp32  dweight" in out
+    assert "gelu                 3x7x257          fp16  dx" in out
+    assert "layer_norm           2x1000           fp32  dweight" in out
     assert "FAIL" not in out and "0 failed: all passed" in out
     assert kernels._common.POISON_OUTPUTS is False  # the debug flag is put back
 
@@ -66,7 +66,7 @@ def test_native_ops_are_judged_by_the_same_rule(capsys):
     assert "native vs reference" in out and "attention" in out and "FAIL" not in out
     assert verify.main(["--quick", "--impl", "native", "--ops", "layer_norm"]) == 1
     failed = [line for line in capsys.readouterr().out.splitlines() if "FAIL (" in line]
-    assert failed and all(line.startswith("layer_norm      1x1") and " dweight " in line for line in failed)
+    assert failed and all(line.startswith("layer_norm           1x1") and " dweight " in line for line in failed)
 
 
 @pytest.mark.parametrize("ops", ["", ",", " , "])
