@@ -70,7 +70,7 @@ from gpt.config import (
     parse_overrides,
     section,
 )
-from gpt.data import DataError, WindowSampler, open_tokens
+from gpt.data import DataError, WindowSampler, open_split
 from gpt.flops import device_peak_flops, flops_per_token, mfu
 from gpt.generate import generate
 from gpt.model import GPT
@@ -241,7 +241,7 @@ class Trainer:
         self.run_dir = Path(cfg.out_dir)
 
         # data
-        self.meta = load_meta(data_cfg.dir)
+        self.meta = load_meta(data_cfg.dir, data_cfg.missing_hint())  # our meta.json, or llm.c / nanoGPT files
         self.tok = tokenizer_from_dict(self.meta["tokenizer"])
         data_vocab = int(self.meta["vocab_size"])
         if data_vocab > model_cfg.vocab_size:
@@ -255,16 +255,19 @@ class Trainer:
         T = model_cfg.context_length
         d = Path(data_cfg.dir)
         self.sampler = WindowSampler(
-            open_tokens(d / "train.bin"),
+            open_split(d, "train"),  # every shard, windows drawn across them
             T,
             cfg.batch_size,
             cfg.seed,
             cfg.grad_accum,
             self.dist.world_size,
-            name=str(d / "train.bin"),
+            name=f"the train split of {d}",
+            vocab_size=data_vocab,
         )
-        val_tokens = open_tokens(d / "val.bin")
-        val = WindowSampler(val_tokens, T, cfg.batch_size, cfg.seed, 1, self.dist.world_size, name=str(d / "val.bin"))
+        val_tokens = open_split(d, "val")
+        val = WindowSampler(
+            val_tokens, T, cfg.batch_size, cfg.seed, 1, self.dist.world_size, f"the val split of {d}", data_vocab
+        )
         self.val_batches = val.fixed_batches(cfg.eval_batches, self.dist.rank)
         self.tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size * T
         self.max_steps = math.ceil(cfg.max_tokens / self.tokens_per_step) if cfg.max_tokens else cfg.max_steps
