@@ -111,7 +111,7 @@ class DataConfig:
     text_field: str = "text"  # the document's field in JSON Lines, its column in Parquet
     shard_tokens: int = 100_000_000  # tokens per shard file
     max_tokens: int = 0  # stop after this many tokens (train + val); 0: the whole corpus
-    hint: str = ""  # what `gpt train` tells a user whose `dir` holds no data (where the data comes from)
+    hint: str = ""  # where the data comes from: said when `dir` holds no data, or `inputs` are missing
 
     def __post_init__(self) -> None:
         if self.corpus and self.corpus not in CORPORA:
@@ -157,7 +157,10 @@ def source_documents(cfg: DataConfig, exclude: Path | None = None) -> tuple[list
         return files, False, {"corpus": "python-source", "python": sys.version.split()[0], "files": len(files)}
     if not cfg.inputs:
         raise DataError("nothing to prepare: pass --corpus NAME or --input PATH ...")
-    files = input_files(cfg.inputs, exclude=exclude)
+    try:
+        files = input_files(cfg.inputs, exclude=exclude)
+    except DataError as e:
+        raise DataError(f"{e}: {cfg.hint}" if cfg.hint else str(e)) from None
     kinds = [input_kind(f) for f in files]
     counts = {k: kinds.count(k) for k in ("text", "jsonl", "parquet") if k in kinds}
     return files, False, {"inputs": [str(p) for p in cfg.inputs], "files": len(files), "kinds": counts}
@@ -569,7 +572,8 @@ def plan_output(out: Path, request: dict, inputs_id: str, resume: bool, force: b
                     f"{out} already holds data prepared with other settings ({'; '.join(diffs)}): --force "
                     "replaces it, or choose another --out"
                 )
-            log(f"note: replacing the earlier prepared data in {out}" + ("" if diffs else " (its inputs changed)"))
+            why = " (--force)" if force else "" if diffs else " (its inputs changed)"
+            log(f"note: replacing the earlier prepared data in {out}{why}")
             replaces = [p.name for p in _meta_files(out, meta)] + [META]
     strays = sorted(p.name for p in out.iterdir() if SHARD_NAME.match(p.name) and p.name not in replaces)
     if strays and not force:
