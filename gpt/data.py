@@ -314,14 +314,22 @@ def read_meta_file(meta_path: Path) -> dict:
         ok = isinstance(shards, dict) and all(
             isinstance(shards.get(s), list)
             and all(
-                isinstance(r, dict) and isinstance(r.get("file"), str) and isinstance(r.get("tokens"), int)
+                isinstance(r, dict) and _plain_name(r.get("file")) and isinstance(r.get("tokens"), int)
                 for r in shards[s]
             )
             for s in SPLITS
         )
         if not ok:
-            raise DataError(f"{meta_path}: 'shards' must list the train and val shards as {{file, tokens, sha256}}")
+            raise DataError(
+                f"{meta_path}: 'shards' must list the train and val shards as {{file, tokens, sha256}}, each file "
+                "a plain name in the folder"
+            )
     return {**meta, "layout": "shards" if meta["version"] == 2 else "single"}
+
+
+def _plain_name(name) -> bool:
+    """A file name inside the folder: no path separators, not hidden."""
+    return isinstance(name, str) and re.fullmatch(r"[\w][\w.-]*", name) is not None
 
 
 def _foreign_meta(layout: str, where: str) -> dict:
@@ -348,6 +356,8 @@ def load_meta(data_dir: str | Path, hint: str = "") -> dict:
         return read_meta_file(d / META)
     if (d / STATE).is_file():
         raise DataError(f"{d} holds an unfinished `gpt prepare` (no {META} yet): finish it with `gpt prepare --resume`")
+    if d.exists() and not d.is_dir():
+        raise DataError(f"{d} is a file, not a data folder")
     if not d.is_dir():
         raise DataError(f"{d} does not exist: {hint}")
     llmc = {s: _llmc_files(d, s) for s in SPLITS}
@@ -617,6 +627,8 @@ def input_files(paths: list[str | Path], exclude: str | Path | None = None) -> l
             out += found
         elif p.is_file():
             out.append(p)
+        elif p.exists():
+            raise DataError(f"input {p} is not a regular file or a folder")
         else:
             raise DataError(f"input {p} does not exist")
     return out
@@ -742,6 +754,8 @@ def iter_jsonl(
                     n = len(line)
                 if i < start:
                     continue
+                if i == 0 and line.startswith(codecs.BOM_UTF8):  # written by some Windows tools
+                    line = line[len(codecs.BOM_UTF8) :]
                 yield _jsonl_text(path, i + 1, line, text_field, errors), n
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise DataError(f"{path} is not a readable gzip file: {e}") from None
@@ -796,7 +810,8 @@ def iter_parquet(
         cols = ", ".join(schema.names[:8]) or "none"
         raise DataError(f"{path} has no column {text_field!r} (columns: {cols}); pass --text-field NAME")
     kind = schema.field(text_field).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or str(kind) == "string_view"):
+    values = kind.value_type if pa.types.is_dictionary(kind) else kind  # dictionary-encoded strings read as strings
+    if not (pa.types.is_string(values) or pa.types.is_large_string(values) or str(values) == "string_view"):
         raise DataError(f"{path}: column {text_field!r} holds {kind}, not text")
     meta = pf.metadata
     per_row = path.stat().st_size / max(meta.num_rows, 1)

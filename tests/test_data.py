@@ -263,6 +263,9 @@ def test_nanogpt_files_are_read_exactly(tmp_path):
 def test_folders_without_data(tmp_path):
     with pytest.raises(DataError, match=r"nowhere does not exist: get it from X"):
         load_meta(tmp_path / "nowhere", hint="get it from X")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match=r"afile is a file, not a data folder"):
+        open_split(tmp_path / "afile", "train")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("hi")
     with pytest.raises(DataError, match=r"empty holds no token data .*gpt prepare \.\.\. --out"):
@@ -270,8 +273,13 @@ def test_folders_without_data(tmp_path):
     (tmp_path / "empty" / "meta.json").write_text("{not json")
     with pytest.raises(DataError, match=r"meta\.json is not valid JSON"):
         load_meta(tmp_path / "empty")
-    (tmp_path / "empty" / "meta.json").write_text('{"format": "tritongpt-data", "version": 2, "vocab_size": 5}')
+    meta = {"format": "tritongpt-data", "version": 2, "vocab_size": 5}
+    (tmp_path / "empty" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match=r"meta\.json has no 'tokenizer' entry"):
+        load_meta(tmp_path / "empty")
+    meta |= {"tokenizer": {"type": "gpt2"}, "shards": {"train": [{"file": "../x.bin", "tokens": 1}], "val": []}}
+    (tmp_path / "empty" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"each file a plain name in the folder"):
         load_meta(tmp_path / "empty")
 
 

@@ -182,6 +182,8 @@ def test_bad_input(tmp_path, capsys):
     one_line_error(capsys.readouterr().err, "latin1.txt is not UTF-8")
     assert main(["--input", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o3")]) == 2
     one_line_error(capsys.readouterr().err, "does not exist")
+    assert main(["--input", os.devnull, "--out", str(tmp_path / "o3")]) == 2
+    one_line_error(capsys.readouterr().err, os.devnull, "not a regular file or a folder")
     assert main(["--input", str(latin), "--out", str(tmp_path / "o4"), "--errors", "replace", "--quiet"]) == 0
     assert "1 shard" in capsys.readouterr().out
     for flag in ("--shard-tokens", "--max-tokens", "--workers"):
@@ -310,6 +312,21 @@ def test_record_input_errors_name_the_file(tmp_path, capsys, name, content, mess
     assert folder(tmp_path / "o") == {}
     assert main(["--input", str(tmp_path / name), "--out", str(tmp_path / "o")]) == 2
     one_line_error(capsys.readouterr().err, name)
+
+
+def test_odd_but_valid_record_files(tmp_path, bpe):
+    """A UTF-8 BOM and CRLF line ends in JSON Lines, a dictionary-encoded Parquet column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lines = [json.dumps({"text": d}) for d in DOCS[:3]]
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    table = pa.table({"text": pa.array(DOCS[:3]).dictionary_encode()})
+    pq.write_table(table, tmp_path / "dict.parquet", use_dictionary=True)
+    for name in ("bom.jsonl", "dict.parquet"):
+        out = tmp_path / name.split(".")[0]
+        prepare(DataConfig(dir=str(out), inputs=[str(tmp_path / name)], tokenizer="gpt2", val_fraction=0.0))
+        assert tokens(out, "train") == joined(bpe, DOCS[:3]), name
 
 
 def test_parquet_column_errors(tmp_path):
