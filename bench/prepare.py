@@ -62,11 +62,12 @@ EXOTIC = ["café", "naïve", "Zürich", "日本語", "Ελληνικά", "кир
 # The corpus
 
 
-def corpus_path(mb: int, seed: int) -> Path:
-    return Path(tempfile.gettempdir()) / "tritongpt-bench-prepare" / f"corpus-{mb}MB-seed{seed}.parquet"
+def corpus_path(mb: float, seed: int, cache: Path | None = None) -> Path:
+    folder = cache or Path(tempfile.gettempdir()) / "tritongpt-bench-prepare"
+    return folder / f"corpus-{mb:g}MB-seed{seed}.parquet"
 
 
-def make_corpus(path: Path, mb: int, seed: int = 0) -> Path:
+def make_corpus(path: Path, mb: float, seed: int = 0) -> Path:
     """Write a Parquet file of about `mb` MB of text (UTF-8), in row groups of ~8 MB; returns the path."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -89,7 +90,7 @@ def make_corpus(path: Path, mb: int, seed: int = 0) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    target, written = mb * 10**6, 0
+    target, written = int(mb * 10**6), 0
     with pq.ParquetWriter(tmp, pa.schema([("id", pa.int64()), ("text", pa.string())])) as w:
         n_docs = 0
         while written < target:
@@ -312,11 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.prepare", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    ap.add_argument("--mb", type=int, nargs="+", default=[200], help="corpus sizes in MB of text (default 200)")
+    ap.add_argument("--mb", type=float, nargs="+", default=[200], help="corpus sizes in MB of text (default 200)")
     ap.add_argument("--workers", type=int, nargs="+", default=list(range(1, cores + 1)), metavar="N")
     ap.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
     ap.add_argument("--rounds", type=int, default=2, help="runs of each (provider, N); the best is kept")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", type=Path, help="folder of the generated corpora (default: the temporary folder)")
     ap.add_argument("--no-csv", action="store_true", help="print the table only")
     ap.add_argument("--out", type=Path, help="results folder (default bench/results/<device>)")
     ap.add_argument("--one", nargs=4, metavar=("PROVIDER", "N", "CORPUS", "OUT"), help=argparse.SUPPRESS)
@@ -325,22 +327,23 @@ def main(argv: list[str] | None = None) -> int:
         provider, n, corpus, out = args.one
         print(json.dumps(run_one(provider, int(n), Path(corpus), Path(out))))
         return 0
-    if min(args.mb) < 1 or args.rounds < 1 or min(args.workers) < 1:
-        ap.error("--mb, --rounds and --workers must be >= 1")
+    if min(args.mb) <= 0 or args.rounds < 1 or min(args.workers) < 1:
+        ap.error("--mb must be > 0, --rounds and --workers >= 1")
 
     info = machine()
     print(f"{info['cpu']}, {info['cores']} cores, tiktoken {info['tiktoken']}, pyarrow {info['pyarrow']}")
     best: dict[tuple[int, str, int], dict] = {}
     corpora = {}
     for mb in args.mb:
-        corpus = corpus_path(mb, args.seed)
+        corpus = corpus_path(mb, args.seed, args.cache)
         if not corpus.is_file():
             t0 = time.perf_counter()
             make_corpus(corpus, mb, args.seed)
             print(f"generated {corpus} in {time.perf_counter() - t0:.0f} s")
         docs, text_bytes = corpus_stats(corpus)
         corpora[mb] = (docs, text_bytes)
-        print(f"corpus {corpus}: {docs:,} documents, {text_bytes / 1e6:,.1f} MB of text (load {info['load']})")
+        load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"corpus {corpus}: {docs:,} documents, {text_bytes / 1e6:,.1f} MB of text (load {load})")
         with tempfile.TemporaryDirectory(prefix="bench-prepare-") as scratch:
             for r in range(args.rounds):
                 for n in args.workers:
@@ -373,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for (mb, provider, n), res in best.items():
-        common = dict(op="prepare", provider=provider, mode="tokenize", shape=f"{mb}MB N{n}", dtype="gpt2")
+        common = dict(op="prepare", provider=provider, mode="tokenize", shape=f"{mb:g}MB N{n}", dtype="gpt2")
         metrics = ("MB/s", "tokens/s", "MB/cpu-s", "seconds", "peak_pss_MB")
         rows += [{**common, "metric": m, "value": res[m]} for m in metrics]
         base = best.get((mb, "baseline", n))
@@ -399,18 +402,19 @@ def summary_table(best: dict, args) -> list[str]:
                 res = best[(mb, provider, n)]
                 speedup = f"{base['seconds'] / res['seconds']:.2f}×" if base else "—"
                 lines.append(
-                    f"| {mb} MB | {provider} | {n} | {res['MB/s']:.2f} | {res['tokens/s'] / 1e6:.3f} | {speedup} | "
+                    f"| {mb:g} MB | {provider} | {n} | {res['MB/s']:.2f} | {res['tokens/s'] / 1e6:.3f} | {speedup} | "
                     f"{res['MB/cpu-s']:.2f} | {res['peak_pss_MB']:,.0f} |"
                 )
     return lines
 
 
 def summary_header(args, info: dict, env, corpora: dict) -> list[str]:
-    sizes = ", ".join(f"{mb} MB ({d:,} documents, {b / 1e6:,.1f} MB of text)" for mb, (d, b) in corpora.items())
+    sizes = ", ".join(f"{mb:g} MB ({d:,} documents, {b / 1e6:,.1f} MB of text)" for mb, (d, b) in corpora.items())
     return [
         "# `gpt prepare` tokenization speed",
         "",
-        f"`python -m bench.prepare --mb {' '.join(map(str, args.mb))} --workers {' '.join(map(str, args.workers))} "
+        f"`python -m bench.prepare --mb {' '.join(f'{mb:g}' for mb in args.mb)} "
+        f"--workers {' '.join(map(str, args.workers))} "
         f"--rounds {args.rounds}`, {env.date}: {info['cpu']}, {info['cores']} cores shared with other jobs (load "
         f"average {info['load']} at the end), Python {info['python']}, tiktoken {info['tiktoken']}, pyarrow "
         f"{info['pyarrow']}, numpy {info['numpy']}, torch {env.torch}.",

@@ -550,9 +550,8 @@ def plan_output(out: Path, request: dict, inputs_id: str, resume: bool, force: b
                 f"({'; '.join(diffs)}); --force starts over"
             )
         return Plan("resume", state=state, replaces=state.get("replaces", []))
-    if resume and not force:
-        log(f"note: nothing to resume in {out}: preparing from the start")
     replaces: list[str] = []
+    why = ""
     if (out / META).is_file():
         try:
             meta = read_meta_file(out / META)
@@ -572,12 +571,15 @@ def plan_output(out: Path, request: dict, inputs_id: str, resume: bool, force: b
                     f"{out} already holds data prepared with other settings ({'; '.join(diffs)}): --force "
                     "replaces it, or choose another --out"
                 )
-            why = " (--force)" if force else "" if diffs else " (its inputs changed)"
-            log(f"note: replacing the earlier prepared data in {out}{why}")
             replaces = [p.name for p in _meta_files(out, meta)] + [META]
+            why = " (--force)" if force else "" if diffs else " (its inputs changed)"
     strays = sorted(p.name for p in out.iterdir() if SHARD_NAME.match(p.name) and p.name not in replaces)
     if strays and not force:
         raise DataError(f"{out / strays[0]} exists and no {META} lists it: remove it, or --force to overwrite it")
+    if replaces:
+        log(f"note: replacing the earlier prepared data in {out}{why}")
+    if resume and not force:
+        log(f"note: nothing to resume in {out}: preparing from the start")
     return Plan("start", replaces=replaces + strays)
 
 

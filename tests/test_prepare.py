@@ -666,3 +666,15 @@ def test_ctrl_c_during_start_up_and_a_closed_stdout(corpus, tmp_path, monkeypatc
     os.close(write)
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
     assert (tmp_path / "p" / "meta.json").is_file()
+
+
+def test_tokenization_benchmark_runs(tmp_path, capsys, bpe):
+    """`python -m bench.prepare` end to end on a 0.1 MB corpus (the harness, not the speed)."""
+    from bench.prepare import main as bench_main
+
+    argv = ["--mb", "0.1", "--workers", "1", "--rounds", "1", "--cache", str(tmp_path), "--no-csv"]
+    assert bench_main(argv) == 0
+    out = capsys.readouterr().out
+    for provider in ("baseline", "pool", "ours"):
+        assert f"| 0.1 MB | {provider} | 1 |" in out
+    assert "| 0.1 MB | baseline | 1 | " in out and "1.00×" in out
