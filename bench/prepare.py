@@ -131,10 +131,11 @@ def corpus_stats(path: Path) -> tuple[int, int]:
 
 
 def _documents(path: Path):
-    import pyarrow.parquet as pq
+    """The corpus' texts, read as `gpt prepare` reads them (a row group at a time, no pre-buffering)."""
+    from gpt.data import iter_parquet
 
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=["text"]):
-        yield from batch.column(0).to_pylist()
+    for text, _ in iter_parquet(path):
+        yield text
 
 
 _ENC = None

@@ -802,7 +802,7 @@ def iter_parquet(
     """The `text_field` string of each row of a Parquet file ("" for a null), read a record batch at a time."""
     pa, pq = _parquet()
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering would read every requested row group at once
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path} is not a readable Parquet file: {e}") from None
     schema = pf.schema_arrow
@@ -810,8 +810,8 @@ def iter_parquet(
         cols = ", ".join(schema.names[:8]) or "none"
         raise DataError(f"{path} has no column {text_field!r} (columns: {cols}); pass --text-field NAME")
     kind = schema.field(text_field).type
-    values = kind.value_type if pa.types.is_dictionary(kind) else kind  # dictionary-encoded strings read as strings
-    if not (pa.types.is_string(values) or pa.types.is_large_string(values) or str(values) == "string_view"):
+    held = kind.value_type if pa.types.is_dictionary(kind) else kind  # dictionary-encoded strings read as strings
+    if not (pa.types.is_string(held) or pa.types.is_large_string(held) or str(held) == "string_view"):
         raise DataError(f"{path}: column {text_field!r} holds {kind}, not text")
     meta = pf.metadata
     per_row = path.stat().st_size / max(meta.num_rows, 1)
@@ -820,14 +820,12 @@ def iter_parquet(
         row += meta.row_group(first).num_rows
         first += 1
     try:
-        batches = pf.iter_batches(
-            batch_size=batch_rows, columns=[text_field], row_groups=range(first, meta.num_row_groups)
-        )
-        for batch in batches:
-            values = batch.column(0).to_pylist()
-            if row < start:
-                values, row = values[start - row :], row + len(values)
-            for text in values:
-                yield ("" if text is None else text), per_row
+        for group in range(first, meta.num_row_groups):  # one row group in memory at a time
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=[text_field], row_groups=[group]):
+                values = batch.column(0).to_pylist()
+                if row < start:
+                    values, row = values[start - row :], row + len(values)
+                for text in values:
+                    yield ("" if text is None else text), per_row
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path} cannot be read: {e}") from None
