@@ -462,6 +462,9 @@ class WindowSampler:
         windows = [max(len(t) - context_length, 0) for t in self.shards]
         self.first_window = np.cumsum([0, *windows], dtype=np.int64)  # window index where each shard begins
         self.n_windows = int(self.first_window[-1])
+        files = [getattr(t, "filename", None) for t in self.shards]
+        if len(files) == 1 and files[0]:
+            name = f"{name} ({files[0]})"
         if self.n_windows == 0:
             total = sum(len(t) for t in self.shards)
             where = f" in {len(self.shards)} shards, none holding" if len(self.shards) > 1 else ", fewer than"

@@ -286,11 +286,10 @@ class CorpusReader:
 def char_vocabulary(files: list[Path], cfg: DataConfig, markdown: bool) -> CharTokenizer:
     """Every character of the corpus (a full pass), plus the separator's when there are several documents."""
     chars: set[str] = set()
-    reader = CorpusReader(files, cfg, markdown)
-    for text, _, _ in reader.texts():
+    for text, _, _ in CorpusReader(files, cfg, markdown).texts():
         if text:
             chars.update(text)
-    if len(files) > 1 or reader.record > 0 or any(input_kind(f) != "text" for f in files):
+    if len(files) > 1 or any(input_kind(f) != "text" for f in files):
         chars.update(CHAR_DOC_SEPARATOR)
     if not chars:
         raise DataError("the corpus is empty: no characters in " + ", ".join(str(f) for f in files[:3]))
