@@ -572,6 +572,8 @@ def plan_output(out: Path, request: dict, inputs_id: str, resume: bool, force: b
                 )
             replaces = [p.name for p in _meta_files(out, meta)] + [META]
             why = " (--force)" if force else "" if diffs else " (its inputs changed)"
+            if meta["layout"] == "single" and not force:
+                why = " (written in the single-file format of an older gpt prepare)"
     strays = sorted(p.name for p in out.iterdir() if SHARD_NAME.match(p.name) and p.name not in replaces)
     if strays and not force:
         raise DataError(f"{out / strays[0]} exists and no {META} lists it: remove it, or --force to overwrite it")
