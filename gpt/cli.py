@@ -1,7 +1,7 @@
 """The `gpt` command: one console script, one subcommand per job.
 
     gpt info --config gpt2-124m              parameter counts and sizes of a preset
-    gpt prepare --corpus shakespeare ...     tokenize a corpus into train.bin / val.bin
+    gpt prepare --corpus shakespeare ...     tokenize a corpus into train / val token shards
     gpt train --config demo                  train (resumable checkpoints, metrics, samples)
     gpt generate --checkpoint PATH ...       sample text (greedy, temperature, top-k, top-p)
     gpt eval --hf PATH --hellaswag FILE      HellaSwag accuracy and held-out loss (--data DIR)

@@ -101,7 +101,7 @@ def _pad(windows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def trainer_windows(
-    tokens: np.ndarray, context_length: int, eval_batches: int, batch_size: int, seed: int, name: str = "the val split"
+    tokens: list[np.ndarray], context_length: int, eval_batches: int, batch_size: int, seed: int, name: str = "the val split"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All windows of the `eval_batches` validation batches `gpt train` draws (WindowSampler.fixed_batches
     with the run's seed and global batch size), as one (x, y) pair of (eval_batches * batch_size, T)."""
@@ -478,8 +478,7 @@ def prepare_val(args, model, tok, info) -> dict[str, Any]:
 
         seed = args.seed if args.seed is not None else train_cfg.get("seed", TrainConfig.seed)
         size = args.eval_batch_size or train_cfg.get("batch_size", TrainConfig.batch_size) * info.get("world_size", 1)
-        tokens = shards[0] if len(shards) == 1 else np.concatenate(shards)
-        x, y = trainer_windows(tokens, T, args.eval_batches, size, seed, f"the val split of {args.data}")
+        x, y = trainer_windows(shards, T, args.eval_batches, size, seed, f"the val split of {args.data}")
         out["batches"] = zip(x.split(args.batch_size), y.split(args.batch_size), strict=True)
         out["targets"] = y.numel()
         out["what"] = (

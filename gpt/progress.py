@@ -67,7 +67,8 @@ class Meter:
     """A progress line for work of a known size: label, bar, percent, amount, rate and time left.
 
     `update(n)` adds n units; the line is redrawn on a terminal and printed at every 10% elsewhere.
-    Amounts show as `done * scale` in `unit` (e.g. bytes with scale 1e-6 and unit "MB").
+    Amounts show as `done * scale` in `unit` (e.g. bytes with scale 1e-6 and unit "MB"). `skip(n)` counts
+    work done before this run (a resumed job): it fills the bar but not the rate or the time left.
     """
 
     def __init__(
@@ -77,20 +78,31 @@ class Meter:
         self.line = ProgressLine(enabled, stream if stream is not None else sys.stderr)
         self.t0 = time.perf_counter()
         self.done = 0.0
+        self.skipped = 0.0
         self._decile = -1
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the meter started."""
+        return time.perf_counter() - self.t0
+
+    def skip(self, n: float) -> None:
+        self.done += n
+        self.skipped += n
 
     def update(self, n: float, extra: str = "") -> None:
         self.done += n
         if not self.line.enabled:
             return
-        elapsed = time.perf_counter() - self.t0
+        elapsed = self.elapsed
         frac = self.done / self.total if self.total else 1.0
         decile = int(min(frac, 1.0) * 10)
-        rate = self.done * self.scale / max(elapsed, 1e-9)
+        now = self.done - self.skipped  # this run's share
+        rate = now * self.scale / max(elapsed, 1e-9)
         text = (
             f"{self.label} {bar(frac, 30)} {100 * frac:5.1f}% "
             f"{self.done * self.scale:,.1f}/{self.total * self.scale:,.1f} {self.unit} "
-            f"({rate:,.1f} {self.unit}/s, {fmt_eta(self.done, self.total, elapsed)} left){extra}"
+            f"({rate:,.1f} {self.unit}/s, {fmt_eta(now, self.total - self.skipped, elapsed)} left){extra}"
         )
         self.line.update(text, force=decile != self._decile)
         self._decile = decile

@@ -75,7 +75,7 @@ from gpt.config import (
     parse_overrides,
     section,
 )
-from gpt.data import DataError, WindowSampler, check_token_range, open_tokens
+from gpt.data import DataError, WindowSampler, check_token_range, open_split, split_files
 from gpt.files import OutputError, atomic_write, check_output_dir, os_error_message, signals_deferred
 from gpt.flops import device_peak_flops, flops_per_token, mfu
 from gpt.generate import GenerationError, generate
@@ -89,6 +89,7 @@ from gpt.tokenizer import TokenizerError, tokenizer_from_dict
 SAVE_RETRY_WAITS_S = (10.0, 60.0)  # pauses before the 2nd and 3rd attempt at a checkpoint that failed to save
 
 Precision = Literal["auto", "fp32", "bf16"]
+FULL_SCAN_TOKENS = 1 << 28  # token ids of a split up to this size are all checked at start-up (see _check_token_ids)
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -289,7 +290,7 @@ class Trainer:
         self._check_where_it_runs(model_cfg.backend)
 
         # data
-        self.meta, self.tok = self._read_data_meta(data_cfg.dir)
+        self.meta, self.tok = self._read_data_meta(data_cfg.dir, data_cfg.missing_hint())
         data_vocab = int(self.meta["vocab_size"])
         if data_vocab > model_cfg.vocab_size:
             raise ConfigError(
@@ -306,18 +307,21 @@ class Trainer:
         self.model_cfg = model_cfg
         T = model_cfg.context_length
         d = Path(data_cfg.dir)
+        train_tokens, val_tokens = open_split(d, "train"), open_split(d, "val")
+        self._check_token_ids(d, data_vocab, {"train": train_tokens, "val": val_tokens})
         self.sampler = WindowSampler(
-            open_tokens(d / "train.bin"),
+            train_tokens,  # every shard, windows drawn across them
             T,
             cfg.batch_size,
             cfg.seed,
             cfg.grad_accum,
             self.dist.world_size,
-            name=str(d / "train.bin"),
+            name=f"the train split of {d}",
+            vocab_size=data_vocab,
         )
-        val_tokens = open_tokens(d / "val.bin")
-        self._check_token_ids({d / "train.bin": self.sampler.tokens, d / "val.bin": val_tokens}, data_vocab)
-        val = WindowSampler(val_tokens, T, cfg.batch_size, cfg.seed, 1, self.dist.world_size, name=str(d / "val.bin"))
+        val = WindowSampler(
+            val_tokens, T, cfg.batch_size, cfg.seed, 1, self.dist.world_size, f"the val split of {d}", data_vocab
+        )
         self.val_batches = val.fixed_batches(cfg.eval_batches, self.dist.rank)
         self.tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size * T
         self.max_steps = math.ceil(cfg.max_tokens / self.tokens_per_step) if cfg.max_tokens else cfg.max_steps
@@ -370,10 +374,10 @@ class Trainer:
         if self.dist.master:
             check_output_dir(self.run_dir, "train.out_dir")
 
-    def _read_data_meta(self, data_dir: str) -> tuple[dict[str, Any], Any]:
-        """meta.json of the prepared data and its tokenizer; DataError naming the file for a missing or bad
-        tokenizer record or vocabulary size."""
-        meta = load_meta(data_dir)
+    def _read_data_meta(self, data_dir: str, hint: str = "") -> tuple[dict[str, Any], Any]:
+        """What the data folder holds (`gpt.data.load_meta`) and its tokenizer; DataError naming the file for a
+        missing or bad tokenizer record or vocabulary size; `hint` says how to get data that is missing."""
+        meta = load_meta(data_dir, hint)
         where = Path(data_dir) / "meta.json"
         if not isinstance(meta.get("tokenizer"), dict):
             raise DataError(f"{where} has no 'tokenizer' record: prepare the data again (gpt prepare)")
@@ -388,10 +392,15 @@ class Trainer:
             raise DataError(f"{where}: vocab_size {vocab} does not match its tokenizer's {tok.vocab_size}")
         return meta, tok
 
-    @staticmethod
-    def _check_token_ids(files: dict[Path, np.ndarray], vocab_size: int) -> None:
-        for name, tokens in files.items():
-            check_token_range(tokens, vocab_size, name)
+    def _check_token_ids(self, data_dir: Path, vocab_size: int, splits: dict[str, list[np.ndarray]]) -> None:
+        """Every token id below the vocabulary, file by file, before anything on disk is touched -- for data up
+        to FULL_SCAN_TOKENS per split (a fraction of a second). Larger data (FineWeb's billions of tokens) is
+        not read whole at start-up: the samplers check each window as they read it, naming the split."""
+        for split, arrays in splits.items():
+            if sum(len(a) for a in arrays) > FULL_SCAN_TOKENS:
+                continue
+            for path, tokens in zip(split_files(data_dir, split, self.meta), arrays, strict=True):
+                check_token_range(tokens, vocab_size, path)
 
     def _check_same_tokenizer(self, path: Path, ckpt: dict[str, Any]) -> None:
         """--resume: the prepared data must use the tokenizer the checkpoint was trained with."""

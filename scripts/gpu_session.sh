@@ -26,13 +26,13 @@
 #   train-step      GPT-2 124M step, B=16 T=1024, bf16 autocast, fused AdamW:        340 s   never
 #                   native+compile, triton+compile, triton, native, reference
 #   decode          KV-cache decode tokens/s, triton backend, bf16 -> decode.csv     130 s   never
-#   lm-head         linear_cross_entropy 16384x768x50304 fwd+bwd (skipped until the  180 s   never
-#                   op exists in kernels)
+#   lm-head         linear_cross_entropy 16384x768x50304 fwd+bwd, peak memory:       180 s   never
+#                   reference, native, compile, triton
 #   train           200 steps of configs/train-gpt2-124m.toml on Shakespeare (GPT-2  450 s   never
 #                   BPE, from .gpu/), training capped at 300 s
 #
 # Sessions of 30 min, the most telling first: A = check, attention, norms; B = "train-step decode" (one
-# command), train, mlp; C = attention-d128, lm-head (once the op lands). Each call writes $OUT/<call>/
+# command), train, mlp; C = attention-d128, lm-head. Each call writes $OUT/<call>/
 # (log.txt, and the results: results.csv, summary.md, notes.txt, command.txt; decode.csv; metrics.jsonl,
 # loss.png), no plots (the merge draws them). After a call, write its wall time under "last run" above.
 set -uo pipefail
