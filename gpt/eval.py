@@ -101,7 +101,12 @@ def _pad(windows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def trainer_windows(
-    tokens: list[np.ndarray], context_length: int, eval_batches: int, batch_size: int, seed: int, name: str = "the val split"
+    tokens: list[np.ndarray],
+    context_length: int,
+    eval_batches: int,
+    batch_size: int,
+    seed: int,
+    name: str = "the val split",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All windows of the `eval_batches` validation batches `gpt train` draws (WindowSampler.fixed_batches
     with the run's seed and global batch size), as one (x, y) pair of (eval_batches * batch_size, T)."""
