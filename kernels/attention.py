@@ -60,7 +60,9 @@ error exceeds 3x the same-precision reference's, which subtracts the row max exa
 """
 
 import math
+import numbers
 import os
+import warnings
 
 import torch
 import triton
@@ -547,6 +549,8 @@ def _attn_dropout_mask_kernel(
 
 
 def _env_flag(name: str, default: bool) -> bool:
+    """A boolean environment switch (1/true/on/yes, 0/false/off/no); anything else warns and keeps `default`
+    (read at import, where an exception would surface as a traceback from whatever imported the kernels)."""
     value = os.environ.get(name)
     if value is None or value == "":
         return default
@@ -554,7 +558,8 @@ def _env_flag(name: str, default: bool) -> bool:
         return True
     if value.lower() in ("0", "false", "off", "no"):
         return False
-    raise ValueError(f"attention: environment variable {name}={value!r}; expected 1 or 0")
+    warnings.warn(f"attention: {name}={value!r} is not 0 or 1; using {int(default)}", stacklevel=2)
+    return default
 
 
 _DETERMINISTIC = _env_flag("TRITONGPT_ATTENTION_DETERMINISTIC", True)
@@ -591,40 +596,44 @@ _KV_TMA = _env_flag("TRITONGPT_ATTENTION_TMA", False) and _HAS_TMA
 
 # Config lists for Hopper, per kernel and per launch class (head dim up to 64 or up to 128, dropout or not; the
 # dK/dV kernel with atomic dQ is its own list): (BLOCK_M, BLOCK_N, num_warps, num_stages), blocks of 64 or 128,
-# 2-4 stages, 4 or 8 warps, down to 32 only where every larger tile spills (head dim 128 with dropout or atomic
-# dQ; the dQ kernel keeps BLOCK_M = 64 there, since wgmma needs 64 rows and 32 falls back to mma.sync). Each
-# class lists only configs whose sm_90 compile keeps every tile in registers: no spills, checked for fp16 and
-# bf16 by tests/test_sm90_compile.py under Triton 3.6 and 3.9 (kernels/SM90_COMPILE.md also shows the dropped
-# ones, e.g. 128 x 128 at head dim 128 with dropout: 160 B of spills per thread). Dropout's Philox state costs
-# registers; the fused atomic-dQ kernel holds a dQ tile more. Not yet measured on a GPU; the first config of a
-# class is the CUDA-graph capture fallback. dK/dV: a program owns BLOCK_N keys and streams BLOCK_M queries; dQ:
-# owns BLOCK_M queries, streams keys.
+# 2-4 stages, 4 or 8 warps, down to 32 only where every larger tile spills (head dim 128 with dropout, atomic
+# dQ with dropout or at head dim 128; the dQ kernel keeps BLOCK_M = 64, since wgmma needs 64 rows and 32 falls
+# back to mma.sync). Each class lists only configs whose sm_90 compile keeps every tile in registers under both
+# Triton 3.6 and 3.9, in fp16 and bf16: no spills, checked by tests/test_sm90_compile.py (kernels/SM90_COMPILE.md
+# also shows the dropped ones, e.g. 128 x 128 at head dim 128 with dropout: 160-168 B of spills per thread
+# under 3.9, none under 3.6). Dropout's Philox state costs registers; the fused atomic-dQ kernel holds a dQ tile
+# more. Not yet measured on a GPU; the first config of a class is the CUDA-graph capture fallback. dK/dV: a
+# program owns BLOCK_N keys and streams BLOCK_M queries; dQ: owns BLOCK_M queries, streams keys.
 _REGISTER_SAFE: dict[str, dict[tuple[int, bool], list[tuple[int, int, int, int]]]] = {
     "fwd": {
-        (64, False): [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 4)],
-        (64, True): [(128, 64, 8, 3), (64, 64, 4, 3), (64, 128, 8, 3)],
-        (128, False): [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 8, 3)],
+        (64, False): [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 4),
+                      (64, 128, 8, 3)],
+        (64, True): [(128, 64, 8, 3), (64, 64, 4, 3), (64, 128, 8, 3), (64, 64, 8, 3)],
+        (128, False): [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 8, 3), (64, 128, 8, 3),
+                       (64, 64, 4, 3)],
         (128, True): [(128, 64, 8, 3), (64, 64, 8, 3)],
     },
     "dkdv": {
-        (64, False): [(64, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 2), (64, 64, 4, 4)],
-        (64, True): [(64, 64, 8, 3), (64, 128, 8, 3), (64, 64, 4, 3)],
-        (128, False): [(64, 64, 8, 3), (64, 64, 8, 2), (32, 128, 8, 3), (32, 64, 4, 3)],
-        (128, True): [(32, 64, 8, 3), (32, 128, 8, 3), (32, 64, 4, 3)],
+        (64, False): [(64, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 2), (64, 64, 4, 4), (64, 64, 8, 3)],
+        (64, True): [(64, 64, 8, 3), (64, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 2)],
+        (128, False): [(64, 64, 8, 3), (64, 64, 8, 2), (32, 128, 8, 3), (32, 64, 4, 3), (32, 64, 8, 3)],
+        (128, True): [(32, 64, 8, 3), (32, 128, 8, 3)],
     },
     "dkdv_atomic": {
-        (64, False): [(64, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 2)],
-        (64, True): [(64, 64, 8, 3), (64, 64, 4, 3)],
+        (64, False): [(64, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 2), (64, 64, 8, 3)],
+        (64, True): [(32, 128, 8, 3), (32, 64, 8, 3)],
         (128, False): [(32, 128, 8, 3), (32, 64, 8, 3)],
         (128, True): [],  # every config spills: the deterministic kernels run instead
     },
     "dq": {
-        (64, False): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 4)],
-        (64, True): [(128, 64, 8, 3), (64, 64, 4, 3), (64, 64, 8, 3)],
-        (128, False): [(64, 64, 8, 3), (64, 128, 8, 2), (64, 64, 8, 2), (64, 32, 4, 3)],
-        (128, True): [(64, 32, 4, 3), (64, 32, 8, 3), (64, 32, 4, 4)],
+        (64, False): [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 4), (64, 64, 8, 3),
+                      (64, 128, 8, 2)],
+        (64, True): [(128, 64, 8, 3), (64, 64, 4, 3), (64, 64, 8, 3), (64, 64, 4, 4)],
+        (128, False): [(64, 64, 8, 3), (64, 128, 8, 2), (64, 64, 8, 2), (64, 32, 4, 3), (128, 64, 8, 3),
+                       (64, 64, 4, 3)],
+        (128, True): [(64, 32, 4, 3), (64, 32, 8, 3), (64, 32, 4, 4), (128, 64, 8, 3)],
     },
-}
+}  # fmt: skip
 
 
 def _register_class(block_d: int, dropout: bool) -> tuple[int, bool]:
@@ -784,10 +793,10 @@ def _check_attention_inputs(q, k, v, dropout_p, scale) -> None:
     d = q.shape[3]
     if not MIN_HEAD_DIM <= d <= MAX_HEAD_DIM:
         raise ValueError(f"attention: head dim {d} is not supported; the kernel takes {MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"attention: dropout_p must be a float in [0, 1), got {dropout_p!r}")
     if scale is not None:
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
             raise TypeError(f"attention: scale must be a float or None, got {type(scale).__name__} {scale!r}")
         if not math.isfinite(scale):
             raise ValueError(f"attention: scale must be a finite number, got {scale!r}")
