@@ -149,7 +149,9 @@ def _bias_gelu_bwd_kernel(
         dx = dy * dydz
         tl.store(DX + rows[:, None] * n_cols + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
         if HAS_BIAS:
-            db += tl.where(mask, dx, 0.0)
+            # Masked elements add 0: dy loads as 0 there and dy/dz of z = bias is finite (NaN only where the
+            # column's real rows are NaN too).
+            db += dx
     if HAS_BIAS:
         tl.store(DB_PARTIAL + tl.program_id(0).to(tl.int64) * n_cols + cols, tl.sum(db, 0), mask=col_ok)
 

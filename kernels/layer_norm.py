@@ -31,6 +31,7 @@ No double backward.
 """
 
 import math
+import numbers
 
 import torch
 import triton
@@ -71,6 +72,36 @@ def add_layer_norm_ref(
 
 
 @triton.jit
+def _layer_norm_fwd_row(
+    X, R, S, Y, W, B, MEAN, RSTD, w, b, row, row64, cols, mask, stride_x, stride_r, n_cols, eps,
+    HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, LOAD_WB: tl.constexpr,
+):  # fmt: skip
+    """One row: x (+ residual) -> mean, rstd in fp32 -> y = (x - mean) * rstd * w + b (row64: 64-bit row).
+    LOAD_WB: load w and b from W and B only after the statistics, so they and x are not all live at once."""
+    x = tl.load(X + row64 * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        s = x + tl.load(R + row64 * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
+        s = s.to(S.dtype.element_ty)
+        tl.store(S + row64 * n_cols + cols, s, mask=mask)
+        # Normalise the sum as returned (rounded to S's dtype), so y == layer_norm(s) exactly.
+        x = s.to(tl.float32)
+    mean = tl.sum(x, axis=0) / n_cols
+    xc = tl.where(mask, x - mean, 0.0)
+    var = tl.sum(xc * xc, axis=0) / n_cols
+    rstd = 1.0 / tl.sqrt(var + eps)
+    tl.store(MEAN + row, mean)
+    tl.store(RSTD + row, rstd)
+    if LOAD_WB:
+        w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    y = xc * rstd * w
+    if HAS_BIAS:
+        if LOAD_WB:
+            b = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+        y += b
+    tl.store(Y + row64 * n_cols + cols, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _layer_norm_fwd_kernel(
     X,  # (n_rows, n_cols) input, row stride stride_x, unit column stride
     R,  # (n_rows, n_cols) residual added to X first (HAS_RESIDUAL), row stride stride_r
@@ -90,44 +121,33 @@ def _layer_norm_fwd_kernel(
     HAS_BIAS: tl.constexpr,
     BLOCK: tl.constexpr,
     NUM_STAGES: tl.constexpr,
-    W_ONCE: tl.constexpr,
+    ROW_LOOP: tl.constexpr,
 ):
-    """Program p: rows [p * rows_per_program, ...) one after another, weight and bias loaded once (W_ONCE), the next
-    row's loads in flight while this one is computed (NUM_STAGES = 2). Per row: x (+ residual) -> mean, rstd
-    in fp32 -> y = (x - mean) * rstd * w + b."""
+    """ROW_LOOP (narrow rows): program p normalises rows [p * rows_per_program, ...) one after another, weight
+    and bias loaded once, the next row's loads in flight while this one is computed (NUM_STAGES = 2). Otherwise
+    (wide rows, where registers are short) program p normalises row p alone."""
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
-    if W_ONCE:  # narrow rows: weight and bias stay in registers for all the program's rows
+    if ROW_LOOP:
         w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_BIAS:
             b = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
-    row_start = pid * rows_per_program
-    row_end = tl.minimum(row_start + rows_per_program, n_rows)
-    first = row_start.to(tl.int64)
-    for row in tl.range(row_start, row_end, num_stages=NUM_STAGES):
-        if not W_ONCE:  # wide rows: reloaded (from L1/L2) per row, so the registers hold only the row
-            w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                b = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
-        row64 = first + (row - row_start)  # 64-bit offsets
-        x = tl.load(X + row64 * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-        if HAS_RESIDUAL:
-            s = x + tl.load(R + row64 * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
-            s = s.to(S.dtype.element_ty)
-            tl.store(S + row64 * n_cols + cols, s, mask=mask)
-            # Normalise the sum as returned (rounded to S's dtype), so y == layer_norm(s) exactly.
-            x = s.to(tl.float32)
-        mean = tl.sum(x, axis=0) / n_cols
-        xc = tl.where(mask, x - mean, 0.0)
-        var = tl.sum(xc * xc, axis=0) / n_cols
-        rstd = 1.0 / tl.sqrt(var + eps)
-        tl.store(MEAN + row, mean)
-        tl.store(RSTD + row, rstd)
-        y = xc * rstd * w
-        if HAS_BIAS:
-            y += b
-        tl.store(Y + row64 * n_cols + cols, y.to(Y.dtype.element_ty), mask=mask)
+        else:
+            b = w  # unused
+        row_start = pid * rows_per_program
+        row_end = tl.minimum(row_start + rows_per_program, n_rows)
+        first = row_start.to(tl.int64)
+        for row in tl.range(row_start, row_end, num_stages=NUM_STAGES):
+            _layer_norm_fwd_row(
+                X, R, S, Y, W, B, MEAN, RSTD, w, b, row, first + (row - row_start), cols, mask, stride_x, stride_r,
+                n_cols, eps, HAS_RESIDUAL, HAS_BIAS, False,
+            )  # fmt: skip
+    else:
+        _layer_norm_fwd_row(
+            X, R, S, Y, W, B, MEAN, RSTD, 0.0, 0.0, pid, pid.to(tl.int64), cols, mask, stride_x, stride_r, n_cols,
+            eps, HAS_RESIDUAL, HAS_BIAS, True,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -203,8 +223,9 @@ def _layer_norm_bwd_kernel(
 # live values per element, up to 16, with fewer programs since each writes an fp32 partial row of dW and dB.
 _FWD_PER_THREAD, _FWD_WARPS_PER_SM = 32, 64
 _BWD_PER_THREAD, _BWD_WARPS_PER_SM = 16, 16
-# Widest block whose weight and bias the forward keeps in registers across rows (wider: reloaded per row).
-_W_ONCE_MAX_BLOCK = 4096
+# Widest block the forward loops over rows with (weight and bias kept in registers); wider rows, where registers
+# are short, get one program each.
+_ROW_LOOP_MAX_BLOCK = 4096
 
 
 def _check_width(op: str, n_cols: int) -> None:
@@ -213,7 +234,7 @@ def _check_width(op: str, n_cols: int) -> None:
 
 
 def _check_eps(op: str, eps: float) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"{op}: eps must be a positive finite number, got {eps!r}")
 
 
@@ -249,14 +270,15 @@ def _layer_norm_fwd(
         r2 = as_rows(residual) if residual is not None else None
         row_bytes = x.element_size() + (residual.element_size() if residual is not None else 0)
         cfg = row_config(n_cols, _FWD_PER_THREAD, row_bytes)
-        n_programs = row_programs(n_rows, device, cfg.num_warps, _FWD_WARPS_PER_SM)
+        row_loop = cfg.block <= _ROW_LOOP_MAX_BLOCK
+        n_programs = row_programs(n_rows, device, cfg.num_warps, _FWD_WARPS_PER_SM) if row_loop else n_rows
         rows_per_program = triton.cdiv(n_rows, n_programs)
         launcher(_layer_norm_fwd_kernel)[(triton.cdiv(n_rows, rows_per_program),)](
             x2, r2 if r2 is not None else x2, s if s is not None else y, y, weight,
             bias if bias is not None else weight, mean, rstd,
             x2.stride(0), r2.stride(0) if r2 is not None else 0, n_rows, n_cols, rows_per_program, eps,
             HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, BLOCK=cfg.block,
-            NUM_STAGES=cfg.num_stages, W_ONCE=cfg.block <= _W_ONCE_MAX_BLOCK, num_warps=cfg.num_warps,
+            NUM_STAGES=cfg.num_stages, ROW_LOOP=row_loop, num_warps=cfg.num_warps,
         )  # fmt: skip
     y = y.view(x.shape)
     return y, mean, rstd, (s.view(x.shape) if s is not None else None)
