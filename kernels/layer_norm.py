@@ -13,8 +13,9 @@ ops) -> the public functions.
 Kernels: each program loops over a contiguous chunk of rows (`tl.range` with 2 pipeline stages where two rows
 fit in a small shared-memory budget, so the next row is loaded while this one is computed). The forward keeps
 a row in one warp up to width 1024 (its two reductions are warp shuffles), loads weight and bias once per
-program, and launches enough programs to fill every SM; the backward spreads a row over a few more warps (it
-holds twice the live values) and reduces the row's two sums as one pair.
+program, and launches enough programs to fill every SM (rows wider than 4096: one program per row, weight and
+bias loaded after the statistics, where registers are short); the backward spreads a row over a few more
+warps (it holds twice the live values) and reduces the row's two sums as one pair.
 
 Dtypes: x (and residual) fp16, bf16 or fp32; statistics in fp32 (mean and rstd are saved fp32 per row);
 y, s and dx in the input's dtype (add_layer_norm: the promoted dtype of x and residual). Under torch.autocast
