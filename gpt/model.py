@@ -13,6 +13,7 @@ No torch.nn.LayerNorm, GELU, MultiheadAttention or Transformer: the layer math i
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -24,21 +25,33 @@ from gpt.ops import Ops
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm over the last dimension with a learnable scale (weight) and shift (bias)."""
+    """LayerNorm over the last dimension with a learnable scale (weight) and shift (bias).
 
-    def __init__(self, dim: int, eps: float, ops: Ops) -> None:
+    Under autocast the Triton LayerNorm writes its output in the autocast dtype, for the matmul it feeds.
+    `residual_stream=True` marks a LayerNorm whose output is the residual stream itself (post-norm): it runs
+    with autocast off, so the stream keeps its dtype whatever the backend."""
+
+    def __init__(self, dim: int, eps: float, ops: Ops, residual_stream: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim))
         self.eps = eps
         self.ops = ops
+        self.residual_stream = residual_stream
+
+    def _dtype_context(self, x: torch.Tensor):
+        if self.residual_stream and torch.is_autocast_enabled(x.device.type):
+            return torch.autocast(x.device.type, enabled=False)
+        return contextlib.nullcontext()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ops.layer_norm(x, self.weight, self.bias, self.eps)
+        with self._dtype_context(x):
+            return self.ops.layer_norm(x, self.weight, self.bias, self.eps)
 
     def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(layer_norm(x + residual), x + residual) in one fused pass where the backend has one."""
-        return self.ops.add_layer_norm(x, residual, self.weight, self.bias, self.eps)
+        with self._dtype_context(x):
+            return self.ops.add_layer_norm(x, residual, self.weight, self.bias, self.eps)
 
 
 class KVCache:
@@ -118,9 +131,9 @@ class Block(nn.Module):
     def __init__(self, cfg: GPTConfig, ops: Ops) -> None:
         super().__init__()
         self.pre_norm = cfg.norm_placement == "pre"
-        self.ln_1 = LayerNorm(cfg.emb_dim, cfg.ln_eps, ops)
+        self.ln_1 = LayerNorm(cfg.emb_dim, cfg.ln_eps, ops, residual_stream=not self.pre_norm)
         self.attn = CausalSelfAttention(cfg, ops)
-        self.ln_2 = LayerNorm(cfg.emb_dim, cfg.ln_eps, ops)
+        self.ln_2 = LayerNorm(cfg.emb_dim, cfg.ln_eps, ops, residual_stream=not self.pre_norm)
         self.mlp = MLP(cfg, ops)
         self.resid_drop = nn.Dropout(cfg.drop_rate)
 

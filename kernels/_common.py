@@ -3,7 +3,8 @@
 Besides the input checks this module holds what every op's host code needs the same way:
 
 - `as_rows`: a tensor seen as (n_rows, n_cols) rows with a unit last stride (the kernels take row strides);
-- `row_launch_config`: BLOCK and num_warps for a kernel that keeps one whole row in registers;
+- `row_config` and `row_programs`: launch settings for a kernel that keeps whole rows in registers and loops
+  over a chunk of rows per program (warps, pipeline stages, how many programs fill the GPU);
 - `alloc`: output allocation, honouring the `POISON_OUTPUTS` debug flag (NaN-filled outputs, so an element
   a kernel forgot to write shows up as NaN — `gpt verify` switches it on);
 - `library_op` and `launcher`: registration with `torch.library`, so `torch.compile` sees through the ops.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -102,28 +103,46 @@ def as_rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(math.prod(t.shape[:-1]), n_cols)
 
 
-def row_launch_config(n_cols: int) -> tuple[int, int]:
-    """(BLOCK, num_warps) for a kernel holding one row of `n_cols` in registers: BLOCK = next power of two,
-    warps grow with the width so each thread keeps at most ~8-16 elements of the row."""
+class RowConfig(NamedTuple):
+    """Launch settings of a kernel that holds whole rows in registers (see `row_config`)."""
+
+    block: int  # next power of two of the row width: one row is one register block
+    num_warps: int  # warps per program
+    num_stages: int  # software-pipelining depth of the kernel's row loop (1: none)
+
+
+# Shared memory the prefetch buffers of a row loop may take per program: small enough that several programs
+# share an SM (228 KB on an H100).
+PIPELINE_SMEM_BYTES = 48 * 1024
+
+
+def row_config(n_cols: int, per_thread: int, bytes_per_col: int) -> RowConfig:
+    """Launch settings for a row-wise kernel of width `n_cols`.
+
+    - block: next power of two of the width;
+    - num_warps: the fewest that keep at most `per_thread` elements of a row per thread (at most 32 warps). For
+      GPT-2 widths (768-1600) and per_thread=32 that is one warp, so the row's reductions are warp shuffles,
+      with no shared-memory round trip or barrier;
+    - num_stages: 2 (the next row's loads issued while this one is computed: `cp.async` on sm_80+) when two
+      rows of all the tensors the loop loads (`bytes_per_col` bytes per column together) fit in
+      `PIPELINE_SMEM_BYTES`, else 1.
+    """
     block = triton.next_power_of_2(max(n_cols, 1))
-    if block >= 32768:
-        num_warps = 32
-    elif block >= 8192:
-        num_warps = 16
-    elif block >= 2048:
-        num_warps = 8
-    else:
-        num_warps = 4
-    return block, num_warps
+    num_warps = min(32, max(1, block // (32 * per_thread)))
+    num_stages = 2 if 2 * block * bytes_per_col <= PIPELINE_SMEM_BYTES else 1
+    return RowConfig(block, num_warps, num_stages)
 
 
-def reduction_programs(n_rows: int, device: torch.device) -> int:
-    """How many programs share the rows of a weight-gradient reduction (each writes one fp32 partial row).
+def row_programs(n_rows: int, device: torch.device, num_warps: int, warps_per_sm: int) -> int:
+    """How many programs share `n_rows` rows, each looping over one contiguous chunk.
 
-    A few waves of programs per SM on a GPU; a fixed small count in the interpreter. The partition depends
-    only on the shape and the device, so gradients are bit-identical run to run on the same device."""
+    On a GPU: enough for about `warps_per_sm` resident warps on every SM (at most 32 programs per SM, the
+    hardware's limit); 8 in the interpreter. Where each program writes an fp32 partial row of a weight gradient,
+    a smaller `warps_per_sm` keeps those partials (and their final sum) small. The partition depends only on
+    the shape and the device, so results are bit-identical run to run on the same device."""
     if device.type == "cuda":
-        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        target = sms * min(32, max(1, warps_per_sm // num_warps))
     else:
         target = 8
     return max(1, min(n_rows, target))

@@ -10,6 +10,10 @@ Read top-down: Triton kernels -> host functions (validate, flatten to rows, allo
 `torch.ops.tritongpt.*` so torch.compile sees through them -> autograd (`register_autograd` on the forward
 ops) -> the public functions.
 
+Kernels: the forward is one (ROWS, BLOCK) tile per program (8 KB of x: 32 fp16 elements per thread); the backward
+loops over its chunk of rows in such tiles with 2 pipeline stages (`tl.range`), so the next tile's x and dy
+are in flight while this one is computed, and keeps the bias gradient as a tile summed once at the end.
+
 Dtypes: x fp16, bf16 or fp32; math in fp32; y and dx stored in x's dtype; dbias in bias's dtype, reduced in
 fp32. tanh appears only as 1 + tanh(u) = 2 sigmoid(2u), written with exp in an overflow-free form (Triton 3.6
 has no portable `tanh`), which also avoids cancellation where tanh(u) nears +-1.
@@ -25,15 +29,29 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import alloc, as_rows, as_vector, check_inputs, launcher, library_op, reduction_programs
+from kernels._common import (
+    PIPELINE_SMEM_BYTES,
+    alloc,
+    as_rows,
+    as_vector,
+    check_inputs,
+    launcher,
+    library_op,
+    row_programs,
+)
 
 # Kernel-side constants (constexpr so @triton.jit may read them); host code uses SQRT_2_OVER_PI.value. In
 # kernels they multiply from the right (tensor * constexpr): the interpreter mishandles constexpr * tensor.
 SQRT_2_OVER_PI: tl.constexpr = tl.constexpr(math.sqrt(2.0 / math.pi))
 GELU_COEF: tl.constexpr = tl.constexpr(0.044715)
 
-# Columns per program: wide enough to stream, small enough that a row chunk of tiles stays in registers.
+# Tiles: up to BLOCK_COLS columns and TILE_BYTES of one tensor (4 x 1024 for GPT-2's 3072-wide MLP in fp16/bf16,
+# 2 x 1024 in fp32) over NUM_WARPS warps: four 16-byte loads in flight per thread and tensor.
 BLOCK_COLS = 1024
+TILE_BYTES = 8192
+NUM_WARPS = 4
+# The bias-gradient backward writes one fp32 partial row per row program: about 16 resident warps per SM.
+BIAS_GRAD_WARPS_PER_SM = 16
 
 
 def gelu_ref(x: torch.Tensor) -> torch.Tensor:
@@ -69,28 +87,20 @@ def _bias_gelu_fwd_kernel(
     stride_x,
     n_rows,
     n_cols,
-    rows_per_program,
     HAS_BIAS: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """Program (i, j): rows [i * rows_per_program, ...) of columns [j * BLOCK, (j + 1) * BLOCK);
+    """Program (i, j): the (ROWS, BLOCK) tile at rows i * ROWS, columns j * BLOCK;
     y = gelu(z) = z (1 + tanh(u)) / 2 = z sigmoid(2u), z = x + bias, u = sqrt(2/pi) (z + 0.044715 z^3)."""
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    row_start = tl.program_id(0) * rows_per_program
-    row_end = tl.minimum(row_start + rows_per_program, n_rows)
-    X += row_start.to(tl.int64) * stride_x
-    Y += row_start.to(tl.int64) * n_cols
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    z = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        b = tl.load(BIAS + cols, mask=mask, other=0.0).to(tl.float32)
-    for _ in range(row_start, row_end):
-        z = tl.load(X + cols, mask=mask, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            z += b
-        s, _ = _sigmoid_2u((z + z * GELU_COEF * z * z) * SQRT_2_OVER_PI)
-        tl.store(Y + cols, (z * s).to(Y.dtype.element_ty), mask=mask)
-        X += stride_x
-        Y += n_cols
+        z += tl.load(BIAS + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+    s, _ = _sigmoid_2u((z + z * GELU_COEF * z * z) * SQRT_2_OVER_PI)
+    tl.store(Y + rows[:, None] * n_cols + cols[None, :], (z * s).to(Y.dtype.element_ty), mask=mask)
 
 
 # Backward. With z = x + bias, u = k (z + c z^3), k = sqrt(2/pi), c = 0.044715 and s = sigmoid(2u), the
@@ -111,21 +121,24 @@ def _bias_gelu_bwd_kernel(
     n_cols,
     rows_per_program,
     HAS_BIAS: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
+    """Program (i, j): rows [i * rows_per_program, ...) of columns [j * BLOCK, ...), ROWS rows per step, the
+    next step's x and dy loaded while this one is computed (NUM_STAGES = 2)."""
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < n_cols
+    col_ok = cols < n_cols
     row_start = tl.program_id(0) * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, n_rows)
-    DY += row_start.to(tl.int64) * stride_dy
-    X += row_start.to(tl.int64) * stride_x
-    DX += row_start.to(tl.int64) * n_cols
     if HAS_BIAS:
-        b = tl.load(BIAS + cols, mask=mask, other=0.0).to(tl.float32)
-        db = tl.zeros((BLOCK,), dtype=tl.float32)
-    for _ in range(row_start, row_end):
-        z = tl.load(X + cols, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + cols, mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(BIAS + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        db = tl.zeros((ROWS, BLOCK), dtype=tl.float32)
+    for first in tl.range(row_start, row_end, ROWS, num_stages=NUM_STAGES):
+        rows = (first + tl.arange(0, ROWS)).to(tl.int64)
+        mask = (rows[:, None] < row_end) & col_ok[None, :]
+        z = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if HAS_BIAS:
             z += b
         z2 = z * z
@@ -134,26 +147,23 @@ def _bias_gelu_bwd_kernel(
         slope = 2.0 * z * s_1ms * SQRT_2_OVER_PI * (1.0 + z2 * (3.0 * GELU_COEF))
         dydz = s + tl.where(s_1ms > 0.0, slope, 0.0)
         dx = dy * dydz
-        tl.store(DX + cols, dx.to(DX.dtype.element_ty), mask=mask)
+        tl.store(DX + rows[:, None] * n_cols + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
         if HAS_BIAS:
+            # Masked elements add 0: dy loads as 0 there and dy/dz of z = bias is finite (NaN only where the
+            # column's real rows are NaN too).
             db += dx
-        DY += stride_dy
-        X += stride_x
-        DX += n_cols
     if HAS_BIAS:
-        tl.store(DB_PARTIAL + tl.program_id(0).to(tl.int64) * n_cols + cols, db, mask=mask)
+        tl.store(DB_PARTIAL + tl.program_id(0).to(tl.int64) * n_cols + cols, tl.sum(db, 0), mask=col_ok)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Host functions: validate, flatten to rows, allocate, launch. Registered as torch.ops.tritongpt.*.
 
 
-def _grid_rows(n_rows: int, device: torch.device, reduce: bool) -> tuple[int, int]:
-    """(n_row_programs, rows_per_program). For the forward (nothing to reduce) one row per program; for the
-    backward the rows are split into the fixed partition of `reduction_programs`."""
-    n_programs = reduction_programs(n_rows, device) if reduce else n_rows
-    rows_per_program = triton.cdiv(n_rows, n_programs)
-    return triton.cdiv(n_rows, rows_per_program), rows_per_program
+def _tile(n_cols: int, elem_size: int) -> tuple[int, int]:
+    """(ROWS, BLOCK) of one tile: BLOCK columns (at most `BLOCK_COLS`), ROWS rows to make `TILE_BYTES`."""
+    block = min(BLOCK_COLS, triton.next_power_of_2(n_cols))
+    return max(1, TILE_BYTES // (block * elem_size)), block
 
 
 def _bias_gelu_fwd(op: str, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -164,11 +174,10 @@ def _bias_gelu_fwd(op: str, x: torch.Tensor, bias: torch.Tensor | None) -> torch
     n_rows = x2.shape[0]
     y = alloc((n_rows, n_cols), x.dtype, device)
     if n_rows > 0 and n_cols > 0:
-        n_row_programs, rows_per_program = _grid_rows(n_rows, device, reduce=False)
-        block = min(BLOCK_COLS, triton.next_power_of_2(n_cols))
-        launcher(_bias_gelu_fwd_kernel)[(n_row_programs, triton.cdiv(n_cols, block))](
-            x2, bias if bias is not None else x2, y, x2.stride(0), n_rows, n_cols, rows_per_program,
-            HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
+        rows, block = _tile(n_cols, x.element_size())
+        launcher(_bias_gelu_fwd_kernel)[(triton.cdiv(n_rows, rows), triton.cdiv(n_cols, block))](
+            x2, bias if bias is not None else x2, y, x2.stride(0), n_rows, n_cols,
+            HAS_BIAS=bias is not None, ROWS=rows, BLOCK=block, num_warps=NUM_WARPS,
         )  # fmt: skip
     return y.view(x.shape)
 
@@ -184,13 +193,20 @@ def _bias_gelu_bwd(
     dx = alloc((n_rows, n_cols), x.dtype, device)
     if n_rows == 0 or n_cols == 0:
         return dx.view(x.shape), (torch.zeros_like(bias) if bias is not None else None)
-    n_row_programs, rows_per_program = _grid_rows(n_rows, device, reduce=bias is not None)
+    rows, block = _tile(n_cols, x.element_size())
+    col_programs = triton.cdiv(n_cols, block)
+    # With a bias each row program writes one fp32 partial row of dbias: fewer programs keep those small.
+    warps_per_sm = BIAS_GRAD_WARPS_PER_SM if bias is not None else 64
+    n_row_programs = row_programs(triton.cdiv(n_rows, rows), device, NUM_WARPS * col_programs, warps_per_sm)
+    rows_per_program = triton.cdiv(triton.cdiv(n_rows, n_row_programs), rows) * rows
+    n_row_programs = triton.cdiv(n_rows, rows_per_program)
     db_partial = alloc((n_row_programs, n_cols), torch.float32, device) if bias is not None else None
-    block = min(BLOCK_COLS, triton.next_power_of_2(n_cols))
-    launcher(_bias_gelu_bwd_kernel)[(n_row_programs, triton.cdiv(n_cols, block))](
+    tile_bytes = rows * block * (x.element_size() + dy.element_size())
+    stages = 2 if 2 * tile_bytes <= PIPELINE_SMEM_BYTES else 1
+    launcher(_bias_gelu_bwd_kernel)[(n_row_programs, col_programs)](
         dy2, x2, bias if bias is not None else x2, dx, db_partial if db_partial is not None else dx,
         dy2.stride(0), x2.stride(0), n_rows, n_cols, rows_per_program,
-        HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
+        HAS_BIAS=bias is not None, ROWS=rows, BLOCK=block, NUM_STAGES=stages, num_warps=NUM_WARPS,
     )  # fmt: skip
     db = db_partial.sum(dim=0).to(bias.dtype) if bias is not None else None
     return dx.view(x.shape), db

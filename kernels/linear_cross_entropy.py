@@ -55,7 +55,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import alloc, check_inputs, launcher, library_op, row_launch_config
+from kernels._common import alloc, check_inputs, launcher, library_op, row_config
 
 
 def linear_cross_entropy_ref(
@@ -196,7 +196,8 @@ def linear_cross_entropy_fwd(
     dx = alloc((n_rows, x.shape[1]) if compute_grad else (0,), torch.float32, device)
     dw = torch.zeros(weight.shape if compute_grad else (0,), dtype=torch.float32, device=device)
     chunk = chunk_rows(n_rows, n_cols, x.dtype, device)
-    block, num_warps = row_launch_config(min(n_cols, BLOCK_COLS))
+    # One row per program, 4096-column blocks over 8 warps (16 elements per thread); no prefetched row loop.
+    block, num_warps, _ = row_config(min(n_cols, BLOCK_COLS), per_thread=16, bytes_per_col=0)
     for start in range(0, n_rows, chunk):
         end = min(start + chunk, n_rows)
         xc = x[start:end]

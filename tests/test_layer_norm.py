@@ -154,6 +154,55 @@ def test_bad_input_is_rejected(device, monkeypatch):
         layer_norm(x, w, b)
 
 
+@pytest.mark.parametrize("eps", [0.0, -1e-5, float("nan"), float("inf"), "1e-5", True])
+def test_eps_must_be_positive_and_finite(eps, device):
+    """eps <= 0 divides by zero on a constant row; NaN/inf make every output non-finite: refused by name."""
+    x, w = torch.randn(2, 8, device=device), torch.randn(8, device=device)
+    with pytest.raises(ValueError, match=r"layer_norm: eps must be a positive finite number, got"):
+        layer_norm(x, w, None, eps)
+    with pytest.raises(ValueError, match=r"add_layer_norm: eps must be a positive finite number, got"):
+        add_layer_norm(x, x, w, None, eps)
+    with pytest.raises(ValueError, match="eps must be a positive finite number"):  # the registered op too
+        torch.ops.tritongpt.layer_norm(x, w, None, -1.0, None)
+
+
+def _autocast_dtype(device):
+    return torch.bfloat16 if device == "cuda" else torch.float16
+
+
+def test_autocast_writes_the_normalised_output_in_the_autocast_dtype(device):
+    """Under autocast the output (it feeds a matmul) is written in autocast's dtype straight from the fp32
+    statistics: the reference's fp32 output rounded once. add_layer_norm's sum keeps the promoted dtype.
+    Gradients reach the fp32 inputs in fp32."""
+    dtype = _autocast_dtype(device)
+    x = torch.randn(3, 7, 257, device=device, requires_grad=True)
+    r = torch.randn(3, 7, 257, device=device, requires_grad=True)
+    w = (1 + 0.5 * torch.randn(257, device=device)).requires_grad_()
+    b = torch.randn(257, device=device, requires_grad=True)
+    with torch.autocast(device, dtype=dtype):
+        y = layer_norm(x, w, b)
+        y2, s = add_layer_norm(x, r, w, b)
+    assert y.dtype == y2.dtype == dtype and s.dtype == torch.float32
+    ref = reference.layer_norm(x, w, b)
+    ref2, ref_s = reference.add_layer_norm(x, r, w, b)
+    torch.testing.assert_close(y, ref.to(dtype))
+    torch.testing.assert_close(y2, ref2.to(dtype))
+    torch.testing.assert_close(s, ref_s)
+    dy = torch.randn_like(ref)
+    grads = torch.autograd.grad((y, y2), (x, r, w, b), (dy.to(dtype), dy.to(dtype)))
+    expected = torch.autograd.grad((ref, ref2), (x, r, w, b), (dy.to(dtype).float(), dy.to(dtype).float()))
+    for got, want in zip(grads, expected, strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_autocast_off_keeps_the_input_dtype(device):
+    x = torch.randn(4, 64, device=device)
+    w = torch.randn(64, device=device)
+    with torch.autocast(device, dtype=_autocast_dtype(device), enabled=False):
+        assert layer_norm(x, w, None).dtype == torch.float32
+
+
 def test_registered_ops_pass_opcheck(device):
     """Schema, fake (meta) implementation and autograd registration, as torch.library checks them."""
     x = torch.randn(3, 5, 33, device=device, requires_grad=True)
@@ -161,8 +210,9 @@ def test_registered_ops_pass_opcheck(device):
     w = torch.randn(33, device=device, requires_grad=True)
     b = torch.randn(33, device=device, requires_grad=True)
     tests = ("test_schema", "test_autograd_registration", "test_faketensor")
-    torch.library.opcheck(torch.ops.tritongpt.layer_norm, (x, w, b, 1e-5), test_utils=tests)
-    torch.library.opcheck(torch.ops.tritongpt.add_layer_norm, (x, r, w, None, 1e-5), test_utils=tests)
+    for out_dtype in (None, torch.float16):
+        torch.library.opcheck(torch.ops.tritongpt.layer_norm, (x, w, b, 1e-5, out_dtype), test_utils=tests)
+        torch.library.opcheck(torch.ops.tritongpt.add_layer_norm, (x, r, w, None, 1e-5, out_dtype), test_utils=tests)
 
 
 def _compiled_matches_eager(backend, device):

@@ -68,6 +68,25 @@ def test_logits_loss_and_every_gradient_follow_the_rule(backend, norm, vocab):
     assert torch.equal(padding, torch.zeros_like(padding))
 
 
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_autocast_layer_norm_feeds_matmuls_narrow_and_keeps_the_residual_stream(norm):
+    """Under autocast the Triton LayerNorm writes the autocast dtype where its output feeds a matmul (pre-norm:
+    the attention and MLP inputs) but the residual stream, which a post-norm LayerNorm produces, stays fp32 as
+    on the reference backend; the loss agrees with the reference's under the same autocast."""
+    dtype = torch.bfloat16 if ON_GPU else torch.float16
+    ref, tri = twin_models("triton", norm_placement=norm, drop_rate=0.0)
+    seen = {}
+    tri.transformer.h[1].attn.register_forward_pre_hook(lambda m, args: seen.update(attn_in=args[0].dtype))
+    tri.transformer.h[0].register_forward_hook(lambda m, args, out: seen.update(block_out=out.dtype))
+    idx = torch.randint(0, 37, (2, 19), device=DEVICE)
+    with torch.autocast(DEVICE, dtype=dtype):
+        _, loss_r = ref(idx, idx)
+        _, loss_t = tri(idx, idx)
+    assert seen["block_out"] == torch.float32
+    assert seen["attn_in"] == (dtype if norm == "pre" else torch.float32)
+    assert loss_t.item() == pytest.approx(loss_r.item(), rel=1e-2)
+
+
 def train_curve(model: GPT, data: torch.Tensor, steps: int) -> list[float]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     losses = []
