@@ -22,6 +22,17 @@ BACKENDS = ("auto", "torch", "native", "triton")
 _IMPLEMENTATION = {"torch": "reference", "native": "native", "triton": "triton"}
 
 
+# The implementation modules an `Ops` may call, imported when the `Ops` is made: the lookups in the forward pass
+# are then plain dict reads, which torch.compile traces without an import (or the triton module's op
+# registration) inside the graph.
+_LOADED: dict[str, types.ModuleType] = {}
+
+
+def _load(name: str) -> None:
+    if name not in _LOADED:
+        _LOADED[name] = kernels.implementation(name)
+
+
 class Ops:
     """The layer functions of one backend, each with the signature of `kernels.reference`."""
 
@@ -29,12 +40,25 @@ class Ops:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.backend = backend
+        if backend != "auto":
+            _load(_IMPLEMENTATION[backend])
+        else:  # the triton module only where a CUDA device may hand it tensors
+            _load("native")
+            if torch.cuda.is_available():
+                _load("triton")
+
+    def name(self, x) -> str:
+        """The name of the implementation (`kernels.IMPLEMENTATIONS`) that runs a call whose first tensor is `x`."""
+        if self.backend == "auto":
+            return "triton" if x.is_cuda else "native"
+        return _IMPLEMENTATION[self.backend]
 
     def implementation(self, x) -> types.ModuleType:
         """The `kernels` module that runs a call whose first tensor is `x`."""
-        if self.backend == "auto":
-            return kernels.implementation("triton" if x.is_cuda else "native")
-        return kernels.implementation(_IMPLEMENTATION[self.backend])
+        name = self.name(x)
+        if name not in _LOADED:  # e.g. CUDA made visible after the model was built
+            _load(name)
+        return _LOADED[name]
 
     def layer_norm(self, x, weight, bias, eps):
         return self.implementation(x).layer_norm(x, weight, bias, eps)
@@ -54,7 +78,7 @@ class Ops:
     def fuses_linear_cross_entropy(self, x) -> bool:
         """True where `linear_cross_entropy` never materialises the logits (our kernel), so a caller that needs
         only the loss should take it from there rather than from the logits."""
-        return self.implementation(x) is kernels.implementation("triton")
+        return self.name(x) == "triton"
 
     def attention(self, q, k, v, causal=True, dropout_p=0.0, scale=None):
         return self.implementation(q).attention(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)

@@ -141,3 +141,19 @@ def test_compiled_triton_model_matches_eager():
     torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-5)
     loss.backward()
     assert all(p.grad is not None for p in tri.parameters())
+
+
+@pytest.mark.slow
+def test_compiled_native_model_is_one_graph_and_matches_eager():
+    """The nanoGPT-style baseline (`native` + torch.compile) traces as one graph: choosing the implementation in
+    the forward pass must not import a module (nor register the Triton ops) inside the traced code."""
+    _, nat = twin_models("native", vocab_size=64, real_vocab_size=37)
+    idx = torch.randint(0, 37, (2, 19), device=DEVICE)
+    compiled = torch.compile(nat, fullgraph=True)
+    nat.train()
+    eager_logits, eager_loss = nat(idx, idx)
+    logits, loss = compiled(idx, idx)
+    torch.testing.assert_close(logits, eager_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-5)
+    loss.backward()
+    assert all(p.grad is not None for p in nat.parameters())
