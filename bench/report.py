@@ -19,14 +19,14 @@ the repository.
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 import re
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 from bench import anchors
+from gpt.files import atomic_write
 
 COLUMNS = ("op", "provider", "mode", "shape", "dtype", "method", "metric", "value", "gpu", "torch", "triton", "date")
 OPTIONAL = {"method": ""}  # columns older files lack, with the value they read as
@@ -115,18 +115,12 @@ def write_csv(rows: list[dict], path: Path, merge: bool = True) -> list[dict]:
     new_keys = {tuple(r[k] for k in KEY) for r in rows}
     merged = [r for r in old if tuple(r[k] for k in KEY) not in new_keys] + rows
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            w.writeheader()
-            for r in merged:
-                w.writerow({k: (f"{r[k]:.6g}" if k == "value" else r[k]) for k in COLUMNS})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=COLUMNS)
+    w.writeheader()
+    for r in merged:
+        w.writerow({k: (f"{r[k]:.6g}" if k == "value" else r[k]) for k in COLUMNS})
+    atomic_write(path, lambda f: f.write(text.getvalue().encode("utf-8")))
     return merged
 
 
