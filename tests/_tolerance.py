@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from gpt.verify import GRAD_FACTOR, HI_DTYPE, OUTPUT_FACTOR, Comparison, check_op, compare, forward_backward
+from tritongpt.verify import GRAD_FACTOR, HI_DTYPE, OUTPUT_FACTOR, Comparison, check_op, compare, forward_backward
 
 # What a kernel test runs in: fp32 and fp16 everywhere (on a CPU through Triton's interpreter), bf16 on a GPU
 # only (the interpreter gets bf16 `tl.dot` wrong).

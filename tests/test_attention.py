@@ -10,10 +10,10 @@ import pytest
 import torch
 from _tolerance import assert_matches_reference, compare
 
-from kernels import reference
-from kernels.attention import attention
+from tritongpt.kernels import reference
+from tritongpt.kernels.attention import attention
 
-attn_mod = importlib.import_module("kernels.attention")
+attn_mod = importlib.import_module("tritongpt.kernels.attention")
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import cli, harness, ops, report, train_step
-from bench.cli import main
+from tritongpt.bench import cli, harness, ops, report, train_step
+from tritongpt.bench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU quick path; on a GPU it runs full size")
@@ -180,7 +180,7 @@ def test_triton_provider_needs_gpu_or_interpreter(monkeypatch):
 def test_lm_head_is_timed_and_skipped_where_an_implementation_lacks_it(monkeypatch):
     """linear_cross_entropy: timed in TFLOP/s of its matmuls (6 N C V for fwd+bwd); an implementation without
     the op is a skipped case with a note, never a failure."""
-    import kernels
+    from tritongpt import kernels
 
     cases = ops.plan("quick", ops=("linear_cross_entropy",), providers=("reference", "native"))
     assert [c.line() for c in cases] == [f"linear_cross_entropy fwd+bwd N256xC64xV1000 fp32 {p}" for p in
@@ -219,7 +219,7 @@ def test_time_budget_is_checked_before_every_case():
 
 @CPU_ONLY
 def test_nothing_measured_is_a_failure(tmp_path, capsys, monkeypatch):
-    import kernels
+    from tritongpt import kernels
 
     for name in kernels.IMPLEMENTATIONS:  # an op no implementation has: every case is skipped
         monkeypatch.delattr(kernels.implementation(name), "linear_cross_entropy", raising=False)
@@ -509,19 +509,19 @@ def test_gpu_script_tees_each_step_and_reports_its_failure(tmp_path):
     r = _script("lm-head", "decode", env={"PATH": f"{stub}:{os.environ['PATH']}", "OUT": str(out)})
     assert r.returncode == 1 and "FAILED" in r.stdout
     log = (out / "decode" / "log.txt").read_text()
-    assert "STUB GPU" in log and "stub python3 -m bench.decode" in log and "== decode: FAILED (exit 3)" in log
+    assert "STUB GPU" in log and "stub python3 -m tritongpt.bench.decode" in log and "== decode: FAILED (exit 3)" in log
     assert "== bench: ok" in (out / "lm-head" / "log.txt").read_text()
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["log.txt", "log.txt"]
 
 
 def test_decode_bench_writes_the_long_csv_where_told(tmp_path, capsys):
-    """`python -m bench.decode` on a tiny model: a table, and rows in the shared long format, under --out."""
-    import bench.decode
+    """`python -m tritongpt.bench.decode` on a tiny model: a table, and rows in the shared long format, under --out."""
+    import tritongpt.bench.decode
 
     cfg = tmp_path / "tiny.toml"
     cfg.write_text("[model]\nvocab_size = 50\ncontext_length = 16\nemb_dim = 32\nn_heads = 2\nn_layers = 1\n")
     argv = ["--config", str(cfg), "--device", "cpu", "--steps", "2", "--lengths", "8", "16", "--backend", "native"]
-    assert bench.decode.main(argv + ["--out", str(tmp_path / "gpu")]) == 0
+    assert tritongpt.bench.decode.main(argv + ["--out", str(tmp_path / "gpu")]) == 0
     assert "cache tok/s" in capsys.readouterr().out
     rows = report.read_csv(tmp_path / "gpu" / "decode.csv")
     assert {r["metric"] for r in rows} == {"tokens/s", "prefill_ms", "speedup_vs_no-cache"}
@@ -531,13 +531,13 @@ def test_decode_bench_writes_the_long_csv_where_told(tmp_path, capsys):
     assert all(r["value"] > 0 for r in rows)
     for bad in (["--device", "banana"], ["--steps", "-1"], ["--config", "no-such-preset"]):
         with pytest.raises(SystemExit) as e:
-            bench.decode.main(argv + bad)
+            tritongpt.bench.decode.main(argv + bad)
         assert e.value.code == 2
 
 
 def test_plan_survives_a_closed_pipe():
     r = subprocess.run(
-        f"{sys.executable} -m gpt bench --plan | head -1", shell=True, capture_output=True, text=True, cwd=ROOT,
+        f"{sys.executable} -m tritongpt bench --plan | head -1", shell=True, capture_output=True, text=True, cwd=ROOT,
         timeout=120,
     )  # fmt: skip
     assert r.stdout == "ceiling copy 536870912 bf16 native\n" and "Traceback" not in r.stderr, r.stderr

@@ -1,11 +1,11 @@
-"""The `gpt` command: dispatch, `gpt info`, and `python -m gpt`."""
+"""The `gpt` command: dispatch, `gpt info`, and `python -m tritongpt`."""
 
 import subprocess
 import sys
 
 import pytest
 
-from gpt.cli import main
+from tritongpt.cli import main
 
 
 def test_info_prints_gpt2_counts(capsys):
@@ -35,16 +35,16 @@ def test_unknown_command_and_help(capsys):
     assert "commands:" in capsys.readouterr().out
 
 
-def test_python_dash_m_gpt():
+def test_python_dash_m_tritongpt():
     out = subprocess.run(
-        [sys.executable, "-m", "gpt", "info", "--config", "gpt2-124m"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "tritongpt", "info", "--config", "gpt2-124m"], capture_output=True, text=True, check=True
     ).stdout
     assert "124,439,808" in out
 
 
 @pytest.mark.parametrize(
     "module, extra",
-    [("gpt.info", []), ("gpt.train", ["--config", "demo"]), ("gpt.prepare", [])],
+    [("tritongpt.info", []), ("tritongpt.train", ["--config", "demo"]), ("tritongpt.prepare", [])],
 )
 def test_set_parses_the_same_in_every_command(module, extra):
     """One or more pairs per --set, and --set may repeat: the same parser in info, train and prepare."""

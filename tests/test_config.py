@@ -2,7 +2,7 @@
 
 import pytest
 
-from gpt.config import ConfigError, GPTConfig, list_presets, load_model_config, parse_overrides
+from tritongpt.config import ConfigError, GPTConfig, list_presets, load_model_config, parse_overrides
 
 
 @pytest.mark.parametrize("name", list_presets())

@@ -12,9 +12,9 @@ import pytest
 import torch
 from _tolerance import DTYPES, GRAD_FACTOR, OUTPUT_FACTOR, assert_matches_reference, assert_rule, compare
 
-import kernels
-import kernels.linear_cross_entropy as lce
-from kernels.linear_cross_entropy import chunk_rows, linear_cross_entropy, linear_cross_entropy_fwd
+import tritongpt.kernels.linear_cross_entropy as lce
+from tritongpt import kernels
+from tritongpt.kernels.linear_cross_entropy import chunk_rows, linear_cross_entropy, linear_cross_entropy_fwd
 
 reference = kernels.implementation("reference")
 native = kernels.implementation("native")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpt.config import GPTConfig
-from gpt.data import (
+from tritongpt.config import GPTConfig
+from tritongpt.data import (
     LLMC_MAGIC,
     DataError,
     SlidingWindowDataset,
@@ -21,9 +21,9 @@ from gpt.data import (
     token_dtype,
     write_tokens,
 )
-from gpt.prepare import DataConfig, prepare
-from gpt.tokenizer import CharTokenizer
-from gpt.train import TrainConfig, Trainer
+from tritongpt.prepare import DataConfig, prepare
+from tritongpt.tokenizer import CharTokenizer
+from tritongpt.train import TrainConfig, Trainer
 
 TOKENS = np.arange(1000, dtype=np.uint16) % 97
 
@@ -84,7 +84,7 @@ def test_fixed_batches_depend_only_on_the_global_batch():
 
 
 def test_python_source_corpus():
-    from gpt.data import python_source_files
+    from tritongpt.data import python_source_files
 
     files = python_source_files()
     assert len(files) > 100 and files == sorted(files)

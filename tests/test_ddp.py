@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt.checkpoint import checkpoint_path, load_checkpoint
-from gpt.eval import main as eval_main
-from gpt.prepare import DataConfig, prepare
-from gpt.train import main
+from tritongpt.checkpoint import checkpoint_path, load_checkpoint
+from tritongpt.eval import main as eval_main
+from tritongpt.prepare import DataConfig, prepare
+from tritongpt.train import main
 
 TEXT = "".join(f"LINE {i}: the quick brown fox {i % 7} jumps over the lazy dog {i % 5}.\n" for i in range(300))
 
@@ -75,7 +75,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "gpt.train", "--config", str(cfg), "--out", str(tmp_path / "ddp")]
+    cmd += ["-m", "tritongpt.train", "--config", str(cfg), "--out", str(tmp_path / "ddp")]
     cmd += ["--set", "train.batch_size=2", "train.grad_accum=2", with_hellaswag]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -9,17 +9,17 @@ import sys
 import pytest
 import torch
 
-from gpt.checkpoint import model_payload, save_checkpoint
-from gpt.config import GPTConfig
-from gpt.data import open_split
-from gpt.eval import main
-from gpt.hellaswag import HellaSwagError
-from gpt.model import GPT
-from gpt.plot import loss_figure
-from gpt.prepare import DataConfig
-from gpt.prepare import main as prepare_main
-from gpt.tokenizer import CharTokenizer, GPT2Tokenizer
-from gpt.train import TrainConfig, Trainer
+from tritongpt.checkpoint import model_payload, save_checkpoint
+from tritongpt.config import GPTConfig
+from tritongpt.data import open_split
+from tritongpt.eval import main
+from tritongpt.hellaswag import HellaSwagError
+from tritongpt.model import GPT
+from tritongpt.plot import loss_figure
+from tritongpt.prepare import DataConfig
+from tritongpt.prepare import main as prepare_main
+from tritongpt.tokenizer import CharTokenizer, GPT2Tokenizer
+from tritongpt.train import TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,7 +97,7 @@ def test_eval_batches_give_the_loss_the_trainer_logged(trained, data_dir, tmp_pa
 
 @torch.no_grad()
 def test_whole_split_loss_perplexity_and_bits_per_byte(trained, data_dir, tmp_path, capsys):
-    from gpt.checkpoint import model_from_checkpoint
+    from tritongpt.checkpoint import model_from_checkpoint
 
     model, _, _ = model_from_checkpoint(trained)
     (tokens,) = open_split(data_dir, "val")
@@ -142,7 +142,7 @@ def test_whole_split_loss_perplexity_and_bits_per_byte(trained, data_dir, tmp_pa
 
 
 def test_bits_per_byte_leave_out_end_of_text_and_count_utf8_bytes():
-    from gpt.eval import evaluate_loss
+    from tritongpt.eval import evaluate_loss
 
     tok = GPT2Tokenizer()
     model = GPT(
@@ -220,7 +220,7 @@ def test_training_logs_and_plots_hellaswag(data_dir, tmp_path):
 
 
 def test_a_bad_hellaswag_file_stops_training_before_it_starts(data_dir, tmp_path, capsys):
-    from gpt.train import main as train_main
+    from tritongpt.train import main as train_main
 
     with pytest.raises(HellaSwagError, match="does not exist"):
         Trainer(*tiny(data_dir, tmp_path / "run", hellaswag=str(tmp_path / "missing.jsonl")), verbose=False)
@@ -329,7 +329,7 @@ def test_a_reader_that_goes_away_or_a_closed_stdout(char_checkpoint, tmp_path, c
 
 @pytest.mark.gpu
 def test_triton_backend_on_the_gpu_scores_like_the_reference(tmp_path):
-    from gpt.hellaswag import load_hellaswag, score
+    from tritongpt.hellaswag import load_hellaswag, score
 
     tok = CharTokenizer.from_text(TEXT)
     model = (

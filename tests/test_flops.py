@@ -1,11 +1,11 @@
-"""gpt/flops.py: the one peak table, FLOPs per token and MFU."""
+"""tritongpt/flops.py: the one peak table, FLOPs per token and MFU."""
 
 import pytest
 import torch
 
-from gpt.config import load_model_config
-from gpt.flops import flops_per_token, mfu, peak_bf16_flops
-from gpt.model import GPT
+from tritongpt.config import load_model_config
+from tritongpt.flops import flops_per_token, mfu, peak_bf16_flops
+from tritongpt.model import GPT
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,8 @@ import pytest
 import torch
 from _tolerance import assert_compiled_matches_eager, assert_matches_reference, check_op
 
-import kernels._common
-import kernels.reference as reference
-from kernels.gelu import bias_gelu, gelu
+from tritongpt.kernels import _common, reference
+from tritongpt.kernels.gelu import bias_gelu, gelu
 
 SHAPES = [(1, 1), (1, 1, 1023), (3, 7, 257), (4, 768), (2, 1000), (2, 3000)]
 DTYPES = [
@@ -97,7 +96,7 @@ def test_bad_input_is_rejected(device, monkeypatch):
         bias_gelu(x, bias.to("meta"))
     with pytest.raises(ValueError, match=r"bias has shape \(7,\)"):
         bias_gelu(x.to(device), bias[:7].to(device))
-    monkeypatch.setattr(kernels._common, "interpreter_enabled", lambda: False)
+    monkeypatch.setattr(_common, "interpreter_enabled", lambda: False)
     with pytest.raises(ValueError, match="CPU tensors.*TRITON_INTERPRET=1"):
         gelu(x)
 

@@ -6,11 +6,11 @@ import sys
 import pytest
 import torch
 
-from gpt.checkpoint import model_payload, save_checkpoint
-from gpt.config import GPTConfig
-from gpt.generate import TextStream, generate, generate_stream, main, sample_next, top_k_filter, top_p_filter
-from gpt.model import GPT, KVCache
-from gpt.tokenizer import CharTokenizer, GPT2Tokenizer
+from tritongpt.checkpoint import model_payload, save_checkpoint
+from tritongpt.config import GPTConfig
+from tritongpt.generate import TextStream, generate, generate_stream, main, sample_next, top_k_filter, top_p_filter
+from tritongpt.model import GPT, KVCache
+from tritongpt.tokenizer import CharTokenizer, GPT2Tokenizer
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -321,7 +321,7 @@ def test_cli_stream_ends_at_endoftext(tmp_path, capsys):
 
 def test_cli_checkpoint_may_be_a_run_folder(tmp_path, capsys):
     """A run folder means its newest readable ckpt-NNNNNNNN.pt; a truncated newer one is passed over."""
-    from gpt.checkpoint import checkpoint_path
+    from tritongpt.checkpoint import checkpoint_path
 
     tok = CharTokenizer.from_text("abcdefgh ijklmnop\n")
     model = tiny_model(vocab_size=tok.vocab_size, context_length=16).cpu()

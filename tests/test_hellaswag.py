@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt.config import GPTConfig
-from gpt.eval import main as eval_main
-from gpt.hellaswag import (
+from tritongpt.config import GPTConfig
+from tritongpt.eval import main as eval_main
+from tritongpt.hellaswag import (
     HellaSwagError,
     evaluate_hellaswag,
     load_hellaswag,
@@ -17,9 +17,9 @@ from gpt.hellaswag import (
     read_examples,
     score,
 )
-from gpt.hf import from_hf
-from gpt.model import GPT
-from gpt.tokenizer import CharTokenizer, GPT2Tokenizer
+from tritongpt.hf import from_hf
+from tritongpt.model import GPT
+from tritongpt.tokenizer import CharTokenizer, GPT2Tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

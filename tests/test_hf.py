@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
-from gpt.checkpoint import model_payload, save_checkpoint
-from gpt.config import GPTConfig, load_model_config
-from gpt.export import main as export_main
-from gpt.generate import main as generate_main
-from gpt.hf import HFError, config_from_hf, from_hf, load_hf_state_dict, to_hf, tokenizer_for_hf
-from gpt.model import GPT
-from gpt.tokenizer import CharTokenizer, GPT2Tokenizer
+from tritongpt.checkpoint import model_payload, save_checkpoint
+from tritongpt.config import GPTConfig, load_model_config
+from tritongpt.export import main as export_main
+from tritongpt.generate import main as generate_main
+from tritongpt.hf import HFError, config_from_hf, from_hf, load_hf_state_dict, to_hf, tokenizer_for_hf
+from tritongpt.model import GPT
+from tritongpt.tokenizer import CharTokenizer, GPT2Tokenizer
 
 SMALL = dict(vocab_size=101, n_positions=32, n_embd=64, n_layer=2, n_head=4)
 

@@ -14,7 +14,7 @@ Files: the world is snapshotted (path, mode, content) before and after; every cr
 must match one of the case's `changes` patterns, and every pattern must match something (an error leaves the
 world exactly as it was, temporary files included).
 
-Cases run in-process (`gpt.cli.main`) unless a signal or a pipe is involved. To add cases for another command,
+Cases run in-process (`tritongpt.cli.main`) unless a signal or a pipe is involved. To add cases for another command,
 append `Case`s to `CASES` (the world already has `corpus/` text for `gpt prepare`).
 """
 
@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt.cli import main as gpt_main
+from tritongpt.cli import main as gpt_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,7 +83,7 @@ CKPT = "run/ckpt-00000002.pt"
 def base_world(tmp_path_factory) -> Path:
     """corpus/, data/ and data2/ (prepared, same vocabulary size, different characters), tiny.toml, run/ (a
     trained 2-step run) and hf/ (its export)."""
-    from gpt.prepare import DataConfig, prepare
+    from tritongpt.prepare import DataConfig, prepare
 
     root = tmp_path_factory.mktemp("world")
     (root / "corpus").mkdir()
@@ -134,7 +134,7 @@ class Case:
     setup: Callable[[Env], None] | None = None  # break the world or the machine
     changes: tuple[str, ...] = ()  # fnmatch patterns of the paths the command may (and must) create/change/remove
     check: Callable[[Path, Result], None] | None = None  # more assertions on a result
-    process: str = ""  # "sigint", "head" or "closed-stdout": run `python -m gpt` as a child process, so treated
+    process: str = ""  # "sigint", "head" or "closed-stdout": run `python -m tritongpt` as a child process, so treated
     stdin: str | bytes | None = None  # in-process: "closed" (sys.stdin is None) or these bytes
 
 
@@ -190,7 +190,7 @@ def tokens_with(rel: str, bad_id: int, at: int) -> Callable[[Env], None]:
     """Rewrite a token file with one id replaced; the header stays valid (uint16 holds it)."""
 
     def setup(env: Env) -> None:
-        from gpt.data import open_tokens, write_tokens
+        from tritongpt.data import open_tokens, write_tokens
 
         path = env.world / rel
         tokens = open_tokens(path).copy()
@@ -232,7 +232,7 @@ def disk_full(failures: int = 10**9, kind: str = "oserror") -> Callable[[Env], N
     between save attempts."""
 
     def setup(env: Env) -> None:
-        import gpt.train
+        import tritongpt.train
 
         real_save, calls = torch.save, []
 
@@ -246,7 +246,7 @@ def disk_full(failures: int = 10**9, kind: str = "oserror") -> Callable[[Env], N
             raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file")
 
         env.monkeypatch.setattr(torch, "save", save)
-        env.monkeypatch.setattr(gpt.train, "SAVE_RETRY_WAITS_S", (0.0, 0.0))
+        env.monkeypatch.setattr(tritongpt.train, "SAVE_RETRY_WAITS_S", (0.0, 0.0))
 
     return setup
 
@@ -263,7 +263,7 @@ def export_disk_full(env: Env) -> None:
 
 
 def _logits_not_finite(logits: torch.Tensor) -> None:
-    from gpt.generate import GenerationError
+    from tritongpt.generate import GenerationError
 
     raise GenerationError("the model's next-token logits are not finite (simulated)")
 
@@ -328,7 +328,7 @@ def output_has(*texts: str) -> Callable[[Path, Result], None]:
 
 
 def exported_char_model(world: Path, r: Result) -> None:
-    from gpt.hf import from_hf, tokenizer_for_hf
+    from tritongpt.hf import from_hf, tokenizer_for_hf
 
     assert tokenizer_for_hf(world / "hf").name == "char"
     assert from_hf(world / "hf", backend="torch").config.n_layers == 1
@@ -555,7 +555,7 @@ TRAIN_CASES = [
         [*TRAIN, "--out", "div", "--set", "train.eval_interval=1", "train.sample_tokens=4"],
         "stopped",
         ("sampling failed", "not finite"),
-        setup=lambda env: env.monkeypatch.setattr("gpt.generate.check_logits", _logits_not_finite),
+        setup=lambda env: env.monkeypatch.setattr("tritongpt.generate.check_logits", _logits_not_finite),
         changes=("div*",),
     ),
     Case(
@@ -914,12 +914,12 @@ def run_in_process(case: Case, monkeypatch: pytest.MonkeyPatch, capsys) -> Resul
 
 
 def run_in_child(case: Case, world: Path) -> Result:
-    """`python -m gpt ...` in the world folder: Ctrl-C half a second in (during start-up), a reader that takes
+    """`python -m tritongpt ...` in the world folder: Ctrl-C half a second in (during start-up), a reader that takes
     one byte and goes away, or standard output closed."""
     repo = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(repo)}
     env.pop("TRITON_INTERPRET", None)
-    cmd = [sys.executable, "-m", "gpt", *case.argv]
+    cmd = [sys.executable, "-m", "tritongpt", *case.argv]
     pipes = dict(cwd=world, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if case.process == "sigint":
         p = subprocess.Popen(cmd, **pipes)
@@ -942,7 +942,7 @@ def run_in_child(case: Case, world: Path) -> Result:
 
 
 def assert_outcome(case: Case, r: Result) -> None:
-    from gpt.cli import COMMANDS
+    from tritongpt.cli import COMMANDS
 
     prefix = f"gpt {case.argv[0]}: error: " if case.argv[0] in COMMANDS else "gpt: error: "
     lines = r.err.strip().splitlines()

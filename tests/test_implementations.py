@@ -7,7 +7,7 @@ import pytest
 import torch
 from _tolerance import assert_matches_reference
 
-import kernels
+from tritongpt import kernels
 
 reference = kernels.implementation("reference")
 native = kernels.implementation("native")
@@ -15,7 +15,11 @@ native = kernels.implementation("native")
 
 def test_three_modules_one_signature_each():
     modules = {name: kernels.implementation(name) for name in kernels.IMPLEMENTATIONS}
-    assert [m.__name__ for m in modules.values()] == ["kernels.reference", "kernels.native", "kernels.triton_ops"]
+    assert [m.__name__ for m in modules.values()] == [
+        "tritongpt.kernels.reference",
+        "tritongpt.kernels.native",
+        "tritongpt.kernels.triton_ops",
+    ]
     for op in kernels.OPS:
         signatures = {name: inspect.signature(getattr(m, op)) for name, m in modules.items()}
         params = {name: [(p.name, p.default) for p in sig.parameters.values()] for name, sig in signatures.items()}
@@ -31,12 +35,9 @@ def test_unknown_implementation_is_named(name):
 
 
 def test_kernels_package_does_not_shadow_its_op_modules():
-    import kernels.attention
-    import kernels.gelu
-    import kernels.layer_norm
-    import kernels.linear_cross_entropy
+    from tritongpt.kernels import attention, gelu, layer_norm, linear_cross_entropy
 
-    for module in (kernels.attention, kernels.gelu, kernels.layer_norm, kernels.linear_cross_entropy):
+    for module in (attention, gelu, layer_norm, linear_cross_entropy):
         assert inspect.ismodule(module)
 
 

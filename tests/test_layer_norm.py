@@ -8,9 +8,8 @@ import pytest
 import torch
 from _tolerance import assert_compiled_matches_eager, assert_matches_reference, check_op
 
-import kernels._common
-import kernels.reference as reference
-from kernels.layer_norm import add_layer_norm, layer_norm
+from tritongpt.kernels import _common, reference
+from tritongpt.kernels.layer_norm import add_layer_norm, layer_norm
 
 SHAPES = [(1, 1), (1, 1, 1023), (3, 7, 257), (4, 768), (2, 1000)]
 DTYPES = [
@@ -149,7 +148,7 @@ def test_bad_input_is_rejected(device, monkeypatch):
         add_layer_norm(x.to(device), x[:1].to(device), w.to(device), b.to(device))
     with pytest.raises(ValueError, match="width 65537"):
         layer_norm(torch.empty(1, 65537, device=device), torch.empty(65537, device=device), None)
-    monkeypatch.setattr(kernels._common, "interpreter_enabled", lambda: False)
+    monkeypatch.setattr(_common, "interpreter_enabled", lambda: False)
     with pytest.raises(ValueError, match="CPU tensors.*TRITON_INTERPRET=1"):
         layer_norm(x, w, b)
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from gpt.config import GPTConfig, load_model_config
-from gpt.model import GPT, TRAINING_BYTES_PER_PARAM, ModelTooLarge, check_model_fits, param_count
+from tritongpt.config import GPTConfig, load_model_config
+from tritongpt.model import GPT, TRAINING_BYTES_PER_PARAM, ModelTooLarge, check_model_fits, param_count
 
 
 def tiny(**kw) -> GPTConfig:

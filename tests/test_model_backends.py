@@ -8,8 +8,8 @@ import pytest
 import torch
 from _tolerance import GRAD_FACTOR, OUTPUT_FACTOR, assert_rule, compare
 
-from gpt.config import GPTConfig
-from gpt.model import GPT
+from tritongpt.config import GPTConfig
+from tritongpt.model import GPT
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"

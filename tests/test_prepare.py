@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gpt.data
-import gpt.prepare
-from gpt.data import (
+import tritongpt.data
+import tritongpt.prepare
+from tritongpt.data import (
     HEADER,
     MAGIC,
     STATE,
@@ -31,8 +31,8 @@ from gpt.data import (
     shakespeare_files,
     write_tokens,
 )
-from gpt.prepare import DataConfig, Interrupted, ShardSplit, is_val_document, main, prepare, split_point
-from gpt.tokenizer import TokenizerError, tokenizer_from_dict
+from tritongpt.prepare import DataConfig, Interrupted, ShardSplit, is_val_document, main, prepare, split_point
+from tritongpt.tokenizer import TokenizerError, tokenizer_from_dict
 
 TEXT = (
     "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\n"
@@ -218,7 +218,7 @@ def test_markdown_plays():
 
 
 def test_progress_line_on_large_input(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(gpt.prepare, "PROGRESS_MIN_BYTES", 1)
+    monkeypatch.setattr(tritongpt.prepare, "PROGRESS_MIN_BYTES", 1)
     src = tmp_path / "big.txt"
     src.write_text(TEXT * 50, encoding="utf-8")
     prepare(DataConfig(dir=str(tmp_path / "o"), inputs=[str(src)]))
@@ -365,7 +365,7 @@ def run_prepare(corpus, out, **kw):
 
 
 def test_workers_give_byte_identical_shards_that_match_meta(corpus, tmp_path, monkeypatch, bpe):
-    monkeypatch.setattr(gpt.prepare, "CHUNK_CHARS", 300)  # many chunks in flight
+    monkeypatch.setattr(tritongpt.prepare, "CHUNK_CHARS", 300)  # many chunks in flight
     outs = {}
     for n in (0, 1, 2, 3):
         run_prepare(corpus, tmp_path / f"w{n}", shard_tokens=997, workers=n)
@@ -436,7 +436,7 @@ def assert_nothing_looks_complete(out: Path) -> None:
 
 @pytest.mark.parametrize("how", ["sigterm", "second-ctrl-c", "killed"])
 def test_interrupted_prepare_resumes_identically(corpus, tmp_path, monkeypatch, bpe, how):
-    monkeypatch.setattr(gpt.prepare, "CHUNK_CHARS", 200)
+    monkeypatch.setattr(tritongpt.prepare, "CHUNK_CHARS", 200)
     run_prepare(corpus, tmp_path / "ref", shard_tokens=300, workers=2)
     out = tmp_path / "out"
     if how == "killed":  # a copy of the folder taken mid-run is what a SIGKILL leaves behind
@@ -481,7 +481,7 @@ def test_interrupted_before_any_shard_leaves_nothing(corpus, tmp_path, monkeypat
 def slow_prepare_command(corpus: Path, out: Path) -> list[str]:
     """`gpt prepare` in a subprocess with every chunk slowed down, so a signal lands mid-run."""
     code = (
-        "import sys, time, gpt.prepare as p\n"
+        "import sys, time, tritongpt.prepare as p\n"
         "p.CHUNK_CHARS = 200\n"
         "enc = p.encode_chunk\n"
         "p.encode_chunk = lambda *a: (time.sleep(0.05), enc(*a))[1]\n"
@@ -495,7 +495,7 @@ def slow_prepare_command(corpus: Path, out: Path) -> list[str]:
 def test_signals_in_a_subprocess(corpus, tmp_path, monkeypatch, bpe, signals):
     """A real SIGTERM, or Ctrl-C twice: exit 130 with one line, no traceback, nothing that looks complete,
     and --resume finishes the same data."""
-    monkeypatch.setattr(gpt.prepare, "CHUNK_CHARS", 200)
+    monkeypatch.setattr(tritongpt.prepare, "CHUNK_CHARS", 200)
     run_prepare(corpus, tmp_path / "ref", shard_tokens=300)
     out = tmp_path / "out"
     proc = subprocess.Popen(slow_prepare_command(corpus, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -568,7 +568,7 @@ def test_output_folder_rules(corpus, tmp_path, capsys, bpe):
 
 
 class FullDisk:
-    """`open` for gpt.data / gpt.prepare whose files raise ENOSPC once `limit` bytes were written in all."""
+    """`open` for tritongpt.data / tritongpt.prepare whose files raise ENOSPC once `limit` bytes were written in all."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.written = limit, 0
@@ -603,11 +603,11 @@ def test_disk_full_is_one_line_and_resumable(corpus, tmp_path, monkeypatch, caps
     run_prepare(corpus, tmp_path / "ref", shard_tokens=800)
     out = tmp_path / "out"
     args = ["--input", str(corpus), "--out", str(out), "--tokenizer", "gpt2", "--shard-tokens", "800"]
-    monkeypatch.setattr(gpt.prepare, "CHUNK_CHARS", 200)  # a commit after each complete shard
+    monkeypatch.setattr(tritongpt.prepare, "CHUNK_CHARS", 200)  # a commit after each complete shard
     if limit == "meta":  # the shards fit, meta.json does not
-        monkeypatch.setattr(gpt.prepare, "write_json_atomic", _fail_on_meta(gpt.prepare.write_json_atomic))
+        monkeypatch.setattr(tritongpt.prepare, "write_json_atomic", _fail_on_meta(tritongpt.prepare.write_json_atomic))
     else:
-        monkeypatch.setattr(gpt.data, "open", FullDisk(limit), raising=False)
+        monkeypatch.setattr(tritongpt.data, "open", FullDisk(limit), raising=False)
     assert main(args) == 2
     err = capsys.readouterr().err
     one_line_error(err, "no space left on the device", str(out))
@@ -625,7 +625,7 @@ def test_disk_full_is_one_line_and_resumable(corpus, tmp_path, monkeypatch, caps
 def _fail_on_meta(write_json_atomic):
     def write(path, obj):
         if path.name == "meta.json":
-            with gpt.prepare.name_os_errors(gpt.data.temp_name(path)):
+            with tritongpt.prepare.name_os_errors(tritongpt.data.temp_name(path)):
                 raise OSError(errno.ENOSPC, "No space left on device")
         return write_json_atomic(path, obj)
 
@@ -642,7 +642,7 @@ def test_read_only_output_folder(corpus, tmp_path, monkeypatch, capsys):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return open(path, mode, *a, **kw)
 
-    monkeypatch.setattr(gpt.data, "open", refuse, raising=False)
+    monkeypatch.setattr(tritongpt.data, "open", refuse, raising=False)
     assert main(["--input", str(corpus), "--out", str(out), "--tokenizer", "char"]) == 2
     one_line_error(capsys.readouterr().err, str(out / ".train-000000.bin.tmp"), "Permission denied")
     assert folder(out) == {}
@@ -652,7 +652,7 @@ def test_ctrl_c_during_start_up_and_a_closed_stdout(corpus, tmp_path, monkeypatc
     def ctrl_c(*a, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(gpt.prepare, "char_vocabulary", ctrl_c)
+    monkeypatch.setattr(tritongpt.prepare, "char_vocabulary", ctrl_c)
     assert main(["--input", str(corpus), "--out", str(tmp_path / "o")]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "gpt prepare: interrupted"
@@ -661,7 +661,7 @@ def test_ctrl_c_during_start_up_and_a_closed_stdout(corpus, tmp_path, monkeypatc
 
     read, write = os.pipe()
     os.close(read)  # nobody reads the summary line
-    cmd = [sys.executable, "-m", "gpt", "prepare", "--input", str(corpus), "--out", str(tmp_path / "p")]
+    cmd = [sys.executable, "-m", "tritongpt", "prepare", "--input", str(corpus), "--out", str(tmp_path / "p")]
     proc = subprocess.run(cmd, stdout=write, stderr=subprocess.PIPE, timeout=120)
     os.close(write)
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
@@ -669,8 +669,8 @@ def test_ctrl_c_during_start_up_and_a_closed_stdout(corpus, tmp_path, monkeypatc
 
 
 def test_tokenization_benchmark_runs(tmp_path, capsys, bpe):
-    """`python -m bench.prepare` end to end on a 0.1 MB corpus (the harness, not the speed)."""
-    from bench.prepare import main as bench_main
+    """`python -m tritongpt.bench.prepare` end to end on a 0.1 MB corpus (the harness, not the speed)."""
+    from tritongpt.bench.prepare import main as bench_main
 
     argv = ["--mb", "0.1", "--workers", "1", "--rounds", "1", "--cache", str(tmp_path), "--no-csv"]
     assert bench_main(argv) == 0

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import reference as ref
+from tritongpt.kernels import reference as ref
 
 # dtype and tolerance travel together: fp64 agrees to rounding, fp32 to a few ulps of the values involved.
 DTYPES = [(torch.float64, 1e-12), (torch.float32, 2e-5)]

@@ -1,7 +1,7 @@
 """Ahead-of-time compile of every Triton kernel for an H100 (sm_90), on a machine without a GPU.
 
     .venv/bin/python -m pytest tests/test_sm90_compile.py      # the test (runs by default, marked `slow`)
-    .venv/bin/python tests/test_sm90_compile.py --table         # rewrite kernels/SM90_COMPILE.md's section
+    .venv/bin/python tests/test_sm90_compile.py --table         # rewrite tritongpt/kernels/SM90_COMPILE.md's section
                                                                 # for this Triton version (pruned configs too)
 
 Triton's interpreter (what the other kernel tests run on a CPU) never lowers a kernel to PTX, so it misses
@@ -40,7 +40,7 @@ kernels are cheap), by mode (`_scenarios`):
 - "all" (TRITONGPT_SM90_ALL=1 for the test; the default of `--table`): every config the prune keeps in every
   class (head dim 64 and 128, with and without dropout) for fp16 and bf16, the non-causal path, and the TMA
   variants at head dim 64 and 128: the evidence that no listed config spills (~150 compiles, ~10 minutes on 2
-  cores; kernels/SM90_COMPILE.md holds its results for Triton 3.6 and 3.9);
+  cores; tritongpt/kernels/SM90_COMPILE.md holds its results for Triton 3.6 and 3.9);
 - "full" (script only): every dtype x head dim 64/80/128 x causal x dropout;
 - in every mode: LayerNorm fwd (with/without residual, with/without bias) and bwd (with/without dsum) at widths
   768 and 65536 (BLOCK 65536, 32 warps) in fp16, bf16 and fp32; GELU fwd/bwd with/without bias in the three
@@ -87,7 +87,8 @@ def _attention(dtype, d, causal, dropout, configs="all", tma=False) -> dict:
             "configs": configs, "tma": tma}  # fmt: skip
 
 
-# Launch classes of the attention config lists (kernels.attention._REGISTER_SAFE): head dim 64 or 128, dropout.
+# Launch classes of the attention config lists (tritongpt.kernels.attention._REGISTER_SAFE): head dim 64 or 128,
+# dropout.
 CLASSES = [(d, dropout) for d in (64, 128) for dropout in (False, True)]
 CI_CLASSES = [(64, False), (128, True)]  # GPT-2's (lightest) and the register worst case
 
@@ -185,12 +186,12 @@ def _record_launches(scenarios: list[dict], with_pruned: bool) -> list[dict]:
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
 
-    import kernels._common
+    import tritongpt.kernels._common
 
     # Import the op modules while the interpreter flag is off: their kernels are then compiled JITFunctions and
-    # autotuners. (kernels/__init__.py is lazy; import the modules by path.)
+    # autotuners. (tritongpt/kernels/__init__.py is lazy; import the modules by path.)
     names = ("attention", "gelu", "layer_norm", "linear_cross_entropy")
-    modules = [importlib.import_module(f"kernels.{m}") for m in names]
+    modules = [importlib.import_module(f"tritongpt.kernels.{m}") for m in names]
 
     launches: list[tuple[dict, object, list | None, list | None, tuple, dict]] = []
     current: dict = {}
@@ -206,7 +207,7 @@ def _record_launches(scenarios: list[dict], with_pruned: bool) -> list[dict]:
 
     # Host checks accept CPU tensors only with the interpreter flag on; the kernels are compiled ones either
     # way, and the launches land in the hooks above.
-    kernels._common.interpreter_enabled = lambda: True
+    tritongpt.kernels._common.interpreter_enabled = lambda: True
     torch.cuda.is_current_stream_capturing = lambda: False  # asked by attention's launcher; no CUDA here
     JITFunction.run, Autotuner.run = jit_run, autotune_run
     for sc in scenarios:
@@ -506,7 +507,7 @@ def test_sm90_compile():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Script mode: --table rewrites this Triton version's section of kernels/SM90_COMPILE.md.
+# Script mode: --table rewrites this Triton version's section of tritongpt/kernels/SM90_COMPILE.md.
 
 
 def _write_table(mode: str) -> None:
@@ -541,7 +542,7 @@ def _write_table(mode: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--table", action="store_true", help="write kernels/SM90_COMPILE.md's section")
+    parser.add_argument("--table", action="store_true", help="write tritongpt/kernels/SM90_COMPILE.md's section")
     modes = "ci: the test's subset (default); all: every config of every class (default with --table); full: more"
     parser.add_argument("--mode", choices=("ci", "all", "full"), default=None, help=modes)
     parser.add_argument("--pruned", action="store_true", help="also compile the configs the prune drops")

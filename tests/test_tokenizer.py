@@ -4,8 +4,8 @@ import inspect
 
 import pytest
 
-from gpt import tokenizer as tk
-from gpt.tokenizer import CharTokenizer, GPT2Tokenizer, TokenizerError, load_tokenizer, save_tokenizer
+from tritongpt import tokenizer as tk
+from tritongpt.tokenizer import CharTokenizer, GPT2Tokenizer, TokenizerError, load_tokenizer, save_tokenizer
 
 HELLO = "Hello world, this is GPT-2!"
 HELLO_IDS = [15496, 995, 11, 428, 318, 402, 11571, 12, 17, 0]

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint
-from gpt.config import ConfigError, GPTConfig
-from gpt.model import GPT
-from gpt.prepare import DataConfig, prepare
-from gpt.train import (
+from tritongpt.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint
+from tritongpt.config import ConfigError, GPTConfig
+from tritongpt.model import GPT
+from tritongpt.prepare import DataConfig, prepare
+from tritongpt.train import (
     TrainConfig,
     Trainer,
     TrainingStopped,
@@ -370,7 +370,7 @@ def test_config_validation():
 
 
 def test_train_presets_load():
-    from gpt.train import load_configs
+    from tritongpt.train import load_configs
 
     m, t, d = load_configs("demo", [])
     assert m.n_layers >= 1 and d.corpus == "shakespeare" and d.tokenizer == "char" and t.max_time_s <= 300

@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-import kernels
-import kernels._common
-import kernels.gelu as gelu_module
-from gpt import cli, verify
+import tritongpt.kernels._common
+import tritongpt.kernels.gelu as gelu_module
+from tritongpt import cli, kernels, verify
 
 reference = kernels.implementation("reference")
 triton_ops = kernels.implementation("triton")
@@ -19,7 +18,7 @@ def test_quick_run_passes_and_prints_the_table(capsys):
     assert "gelu                 3x7x257          fp16  dx" in out
     assert "layer_norm           2x1000           fp32  dweight" in out
     assert "FAIL" not in out and "0 failed: all passed" in out
-    assert kernels._common.POISON_OUTPUTS is False  # the debug flag is put back
+    assert tritongpt.kernels._common.POISON_OUTPUTS is False  # the debug flag is put back
 
 
 def test_a_wrong_kernel_fails(monkeypatch, capsys):

@@ -1,5 +1,0 @@
-import sys
-
-from gpt.cli import main
-
-sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from tritongpt.cli import main
+
+sys.exit(main())

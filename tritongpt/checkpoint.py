@@ -1,0 +1,252 @@
+"""Checkpoint files: one `torch.save`d dict, written atomically, read back with clear errors.
+
+Layout (every value a tensor, number, string, list or dict, so `torch.load(weights_only=True)` reads it):
+
+    {"format": "tritongpt-checkpoint", "version": 1,
+     "model": state_dict, "model_config": asdict(GPTConfig), "tokenizer": tokenizer.to_dict(),
+     ... anything else the writer adds (optimizer, step, RNG states, train config) ...}
+
+A file is written to a temporary name in the same folder, fsync'd, then renamed over the target
+(`gpt.files.atomic_write`), so a crash or a full disk never leaves a half-written checkpoint under the real
+name and never destroys the previous one; a failed write is a CheckpointError naming the file and the reason.
+
+A training run keeps numbered checkpoints `ckpt-00001000.pt` in its folder (the last K readable ones);
+`load_newest_good` finds the newest one that validates, skipping truncated or foreign files, which are never
+deleted and never count toward K.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tritongpt.files import atomic_write
+
+FORMAT = "tritongpt-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, foreign or of an unknown version; the message names the file."""
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write `payload` (plus format and version) to `path` atomically; CheckpointError if the write fails (a
+    full disk, no permission), with `path` as it was before."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **payload}, f))
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as a RuntimeError
+        raise CheckpointError(f"cannot write checkpoint {path}: {_first_line(e)}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    """The gist of an exception for a one-line message: its type and first line (first sentence, if long)."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if len(text) > 120 and ". " in text:  # torch's weights-only advice runs on for several sentences
+        text = text.split(". ")[0]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Read and validate a checkpoint; CheckpointError names the file and what is wrong with it.
+
+    `mmap=True` maps the tensors instead of reading them: a cheap check that a file is whole and ours.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as e:  # truncated zip, random bytes, pickled foreign objects, ...
+        raise CheckpointError(f"{path} is not a readable tritongpt checkpoint ({_first_line(e)})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a tritongpt checkpoint (no '{FORMAT}' format marker)")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {ckpt.get('version')!r}; this code reads {VERSION}")
+    for key in ("model", "model_config"):
+        if not isinstance(ckpt.get(key), dict):
+            raise CheckpointError(
+                f"{path} has no {key!r} entry (a dict)"
+                if key not in ckpt
+                else f"{path}: its {key!r} entry is a {type(ckpt[key]).__name__}, not a dict"
+            )
+    return ckpt
+
+
+def model_payload(model: torch.nn.Module, tokenizer: Any | None) -> dict[str, Any]:
+    """The part of a checkpoint that `model_from_checkpoint` needs."""
+    return {
+        "model": model.state_dict(),
+        "model_config": dataclasses.asdict(model.config),
+        "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
+    }
+
+
+def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", backend: str | None = None):
+    """(model in eval mode, tokenizer or None, the raw checkpoint dict) from a checkpoint file, or from the
+    newest readable checkpoint of a run folder. A config that does not match the weights, a model too large
+    for `device` and a bad tokenizer record are CheckpointErrors naming the file, raised before building."""
+    from tritongpt.config import ConfigError, GPTConfig, from_dict
+    from tritongpt.model import GPT, check_model_fits
+    from tritongpt.tokenizer import TokenizerError, tokenizer_from_dict
+
+    if Path(path).is_dir():
+        skipped: list[str] = []
+        found = load_newest_good(path, warn=skipped.append, require=())
+        if found is None:
+            detail = "; ".join(skipped) or "no ckpt-NNNNNNNN.pt files"
+            raise CheckpointError(f"{path} holds no readable checkpoint ({detail})")
+        path, ckpt = found
+    else:
+        ckpt = load_checkpoint(path)  # on the CPU: only the weights move to `device`, never the optimizer state
+    try:
+        cfg = from_dict(GPTConfig, ckpt["model_config"], f" in the model config of {path}")
+        check_weights_fit(ckpt["model"], cfg, path)
+        check_model_fits(cfg, device, 4, "loading it in fp32")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    try:
+        tok = tokenizer_from_dict(ckpt["tokenizer"]) if ckpt.get("tokenizer") else None
+    except TokenizerError as e:
+        raise CheckpointError(f"{path}: bad tokenizer record: {e}") from None
+    if backend is not None:
+        cfg.backend = backend
+    model = GPT(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit its model config: {_first_line(e)}") from None
+    return model.to(device).eval(), tok, ckpt
+
+
+LAYER_KEY = re.compile(r"^transformer\.h\.(\d+)\.")
+
+
+def check_weights_fit(state: dict[str, Any], cfg, path: str | Path) -> None:
+    """CheckpointError unless the weights have the config's layer count and embedding shapes: checked before
+    the model is built, so a config claiming 100,000 layers fails at once instead of after minutes."""
+    layers = {int(m.group(1)) for k in state if (m := LAYER_KEY.match(str(k)))}
+    n_layers = max(layers) + 1 if layers else 0
+    if n_layers != cfg.n_layers:
+        raise CheckpointError(f"{path}: its model config says n_layers={cfg.n_layers}, its weights hold {n_layers}")
+    for key, shape in (
+        ("transformer.wte.weight", (cfg.vocab_size, cfg.emb_dim)),
+        ("transformer.wpe.weight", (cfg.context_length, cfg.emb_dim)),
+    ):
+        t = state.get(key)
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else "missing"
+            raise CheckpointError(f"{path}: {key} is {got}, its model config needs {shape}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training runs: numbered checkpoints in a run folder, keep-last-K, newest-good discovery, RNG states
+
+CKPT_PATTERN = re.compile(r"^ckpt-(\d{8})\.pt$")
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / f"ckpt-{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every numbered checkpoint in `run_dir`, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := CKPT_PATTERN.match(p.name))]
+    return sorted(found)
+
+
+def readable(path: str | Path) -> bool:
+    """Whether `path` is a whole checkpoint of ours (mapped, not read: cheap for any size)."""
+    try:
+        load_checkpoint(path, mmap=True)
+    except CheckpointError:
+        return False
+    return True
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int, upto: int | None = None) -> list[Path]:
+    """Delete all but the newest `keep` readable numbered checkpoints (keep <= 0 keeps all); returns the deleted.
+
+    Only readable checkpoints count and only they are deleted: an unreadable one (truncated, foreign) never
+    pushes a good one out and is left for its owner to look at. With `upto` (the step just saved), only
+    checkpoints of steps <= upto count: later-numbered files are left alone and never push the fresh one out.
+    """
+    if keep <= 0:
+        return []
+    good = [p for s, p in list_checkpoints(run_dir) if (upto is None or s <= upto) and readable(p)]
+    old = good[:-keep]
+    for p in old:
+        p.unlink(missing_ok=True)
+    return old
+
+
+TRAINING_KEYS = ("optimizer", "step", "rng")
+
+
+def load_newest_good(
+    run_dir: str | Path, map_location: str | torch.device = "cpu", warn=None, require: tuple[str, ...] = TRAINING_KEYS
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest numbered checkpoint in `run_dir` that loads and has the `require`d entries (by default those
+    a training run resumes from), or None if there is none.
+
+    A truncated or foreign newer file is skipped (reported through `warn(message)`), never deleted.
+    """
+    for _, path in reversed(list_checkpoints(run_dir)):
+        try:
+            ckpt = load_checkpoint(path, map_location=map_location)
+            for key in require:
+                if key not in ckpt:
+                    raise CheckpointError(f"{path} has no {key!r} entry (not a training checkpoint)")
+        except CheckpointError as e:
+            if warn is not None:
+                warn(f"skipping unusable checkpoint: {e}")
+            continue
+        return path, ckpt
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random-number generator a training step can touch, in a weights_only-loadable form."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "kind": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_version, "internal": list(py_internal), "gauss_next": py_gauss},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured (CUDA states only where this machine has the same GPUs).
+
+    The states may have been loaded onto a GPU (`map_location`); generators take CPU byte tensors.
+    """
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))

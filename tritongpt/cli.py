@@ -1,0 +1,85 @@
+"""The `gpt` command: one console script, one subcommand per job.
+
+    gpt info --config gpt2-124m              parameter counts and sizes of a preset
+    gpt prepare --corpus shakespeare ...     tokenize a corpus into train / val token shards
+    gpt train --config demo                  train (resumable checkpoints, metrics, samples)
+    gpt generate --checkpoint PATH ...       sample text (greedy, temperature, top-k, top-p)
+    gpt eval --hf PATH --hellaswag FILE      HellaSwag accuracy and held-out loss (--data DIR)
+    gpt export --checkpoint PATH --hf OUT    write a checkpoint in the Hugging Face GPT-2 layout
+    gpt verify [--quick]                     Triton kernels against the reference, as a table
+    gpt bench [--quick]                      kernels against eager, native and compiled PyTorch
+
+Each subcommand lives in its own module with a `main(argv=None)`; it is imported only when run, so that
+e.g. `gpt verify --quick` can switch on Triton's interpreter before any kernel is defined.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from tritongpt.files import silence_stdout
+
+COMMANDS = {
+    "info": ("tritongpt.info", "parameter counts and sizes of a model preset"),
+    "prepare": ("tritongpt.prepare", "tokenize a corpus into train/val token files"),
+    "train": ("tritongpt.train", "train a model from a preset"),
+    "generate": ("tritongpt.generate", "generate text from a checkpoint or a Hugging Face GPT-2 folder"),
+    "eval": ("tritongpt.eval", "HellaSwag accuracy and held-out loss / perplexity of a model"),
+    "export": ("tritongpt.export", "export a checkpoint to the Hugging Face GPT-2 layout"),
+    "verify": ("tritongpt.verify", "check every Triton kernel against the reference"),
+    "bench": ("tritongpt.bench.cli", "benchmark the kernels against PyTorch"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: gpt COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`gpt COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Whatever it does, the process ends with a one-line message, never a traceback, for
+    Ctrl-C (exit 130, at any point, start-up included) and for a reader that went away (`gpt generate | head`:
+    output stops quietly, exit 141 as for SIGPIPE). A closed standard output or error reads as /dev/null."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"gpt: error: unknown command {name!r}; commands: {', '.join(COMMANDS)} (gpt --help)", file=sys.stderr)
+        return 2
+    _reopen_closed_outputs()
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        code = module.main(rest) or 0
+        sys.stdout.flush()  # a reader gone by now shows here rather than at exit
+        return code
+    except KeyboardInterrupt:
+        print(f"\ngpt {name}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        silence_stdout()
+        return 141
+
+
+def _reopen_closed_outputs() -> None:
+    """`gpt ... >&-`: Python then has no sys.stdout; point it (and the descriptor, so that no file opened later
+    takes its number and receives output) at /dev/null."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is None:
+            try:
+                os.fstat(fd)
+            except OSError:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                if devnull != fd:
+                    os.dup2(devnull, fd)
+                    os.close(devnull)
+            setattr(sys, name, open(fd, "w", closefd=False))  # noqa: SIM115 - lives as long as the process
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Model configuration and the strict TOML loader shared by every config dataclass.
+
+A preset is a TOML file in `configs/` (loaded by exact name, e.g. `gpt2-124m`) or any path. Its `[model]`
+table overrides `GPTConfig` fields; other tables (`[train]`, ...) belong to other dataclasses. A top-level
+`extends = "NAME"` starts from another preset:
+
+    extends = "gpt2-124m"
+    [model]
+    drop_rate = 0.1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+# The presets: the repository's configs/, shipped inside the package as tritongpt/configs/ by an installed wheel.
+_SHIPPED = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = _SHIPPED if _SHIPPED.is_dir() else Path(__file__).resolve().parent.parent / "configs"
+
+Backend = Literal["auto", "torch", "native", "triton"]
+NormPlacement = Literal["pre", "post"]
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit its dataclass; the message names the key and the file."""
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257  # rows of the embedding and head; GPT-2 BPE: 50,000 merges + 256 bytes + <|endoftext|>
+    real_vocab_size: int = 0  # tokens that exist when vocab_size is padded past them (50257 of 50304); 0: all rows
+    context_length: int = 1024  # longest sequence; size of the learned position embedding
+    emb_dim: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    drop_rate: float = 0.0  # embedding, attention-probability and residual dropout
+    qkv_bias: bool = True  # bias in the fused q/k/v projection (OpenAI's GPT-2 has one)
+    tie_weights: bool = True  # LM head shares the token embedding matrix
+    norm_placement: NormPlacement = "pre"  # "pre": x + f(ln(x)) (GPT-2); "post": ln(x + f(x)) (original Transformer)
+    ln_eps: float = 1e-5
+    backend: Backend = (
+        "auto"  # "torch": reference; "native": torch's fused ops; "triton": ours; "auto": see tritongpt/ops.py
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.real_vocab_size <= self.vocab_size:
+            limit = f"[0, vocab_size={self.vocab_size}] (0: no padding)"
+            raise ConfigError(f"real_vocab_size must be in {limit}, got {self.real_vocab_size}")
+        if self.emb_dim % self.n_heads:
+            raise ConfigError(f"emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads})")
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ConfigError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
+        if not 0 < self.ln_eps < math.inf:  # also rejects nan
+            raise ConfigError(f"ln_eps must be a finite number > 0, got {self.ln_eps}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.emb_dim // self.n_heads
+
+    @property
+    def real_vocab(self) -> int:
+        """Token ids that exist: the rows of the embedding and head past them are padding, never targets and
+        never sampled (a vocabulary padded to a multiple of 64 keeps the head's matmul on tensor-core sizes)."""
+        return self.real_vocab_size or self.vocab_size
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Strict loading: unknown keys and wrong types are errors that name the key and where it came from.
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, t) for t in typing.get_args(tp))
+    if origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
+    if tp is Any:
+        return True
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def check_fields(obj: Any, where: str = "") -> None:
+    """Raise ConfigError if a dataclass instance holds a value of the wrong type."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if not _type_ok(value, hints[f.name]):
+            raise ConfigError(
+                f"{type(obj).__name__}.{f.name}{where}: expected {_describe(hints[f.name])}, got {value!r}"
+            )
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "", base: Any = None) -> Any:
+    """Build dataclass `cls` from `data` (on top of `base` if given), rejecting unknown keys and wrong types."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"unknown key {key!r}{where}; {cls.__name__} has: {', '.join(sorted(names))}")
+        if not _type_ok(value, hints[key]):
+            raise ConfigError(f"key {key!r}{where}: expected {_describe(hints[key])}, got {value!r}")
+        if hints[key] is float and isinstance(value, int):
+            data = {**data, key: float(value)}
+    kwargs = dataclasses.asdict(base) if base is not None else {}
+    kwargs.update(data)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{e}{where}") from None
+
+
+def resolve_preset(name_or_path: str | Path) -> Path:
+    """A preset name (`configs/<name>.toml`, matched exactly) or a path to a TOML file."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"config file {p} is a folder" if p.is_dir() else f"config file {p} does not exist")
+        return p
+    candidate = CONFIG_DIR / f"{name_or_path}.toml"
+    if candidate.is_file():
+        return candidate
+    raise ConfigError(f"no preset named {str(name_or_path)!r}; presets: {', '.join(list_presets())}")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def load_toml(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, dict[str, Any]]:
+    """Read a preset into {table: {key: value}}, following `extends` chains (tables merge key by key)."""
+    path = resolve_preset(name_or_path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'extends' chain loops back to itself")
+    try:
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (TOML must be UTF-8): bad byte at offset {e.start}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    parent = raw.pop("extends", None)
+    merged: dict[str, dict[str, Any]] = {}
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError(f"key 'extends' in {path}: expected a preset name or path, got {parent!r}")
+        merged = load_toml(parent, _seen + (path.resolve(),))
+    for table, values in raw.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"unknown top-level key {table!r} in {path}; expected tables like [model], [train]")
+        merged.setdefault(table, {}).update(values)
+        merged[table]["__file__"] = str(path)
+    return merged
+
+
+def section(cfg: dict[str, dict[str, Any]], table: str, cls: type, known_tables: set[str]) -> Any:
+    """Build `cls` from one table of a loaded preset; tables nobody knows are errors too."""
+    for t in cfg:
+        if t not in known_tables:
+            files = cfg[t].get("__file__", "?")
+            raise ConfigError(f"unknown table [{t}] in {files}; known tables: {', '.join(sorted(known_tables))}")
+    values = dict(cfg.get(table, {}))
+    file = values.pop("__file__", None)
+    return from_dict(cls, values, f" in [{table}] of {file}" if file else "")
+
+
+KNOWN_TABLES = {"model", "train", "data"}
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """`--set model.n_layers=4 train.lr=1e-3` -> {"model": {"n_layers": 4}, "train": {"lr": 0.001}}.
+
+    Values are parsed as TOML (so `true`, `3e-4`, `"text"`); bare words that are not TOML stay strings.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r}: expected TABLE.KEY=VALUE, e.g. model.n_layers=4")
+        key, text = pair.split("=", 1)
+        if "." not in key:
+            raise ConfigError(f"--set {pair!r}: name the table, e.g. model.{key}=... or train.{key}=...")
+        table, name = key.split(".", 1)
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        out.setdefault(table, {})[name] = value
+    return out
+
+
+def add_set_argument(parser, tables: str = "TABLE") -> None:
+    """`--set TABLE.KEY=VALUE ...`, the same in every command: one or more pairs, and the flag may repeat
+    (`--set a.x=1 b.y=2 --set c.z=3`); the pairs land in `args.set` for `parse_overrides`."""
+    parser.add_argument(
+        "--set",
+        dest="set",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar=f"{tables}.KEY=VALUE",
+        help="override config keys (TOML values), e.g. train.max_steps=100 model.n_layers=2",
+    )
+
+
+def merge(cfg: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out = {t: dict(v) for t, v in cfg.items()}
+    for table, values in overrides.items():
+        source = out.get(table, {}).get("__file__")
+        out.setdefault(table, {}).update(values)
+        out[table]["__file__"] = f"{source} with --set" if source else "--set"  # errors name both sources
+    return out
+
+
+def load_model_config(name_or_path: str | Path, overrides: list[str] | None = None) -> GPTConfig:
+    cfg = merge(load_toml(name_or_path), parse_overrides(overrides or []))
+    return section(cfg, "model", GPTConfig, KNOWN_TABLES)
