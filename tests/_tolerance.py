@@ -2,7 +2,7 @@
 inputs, fp32 for fp16/bf16) at most 2x the same-precision reference's error for outputs, 3x for gradients,
 plus a floor of a few units in the last place; finite wherever the reference is.
 
-The implementation is `gpt.verify`'s, so `gpt verify` and the tests judge by the same code:
+The implementation is `tritongpt.verify`'s, so `gpt verify` and the tests judge by the same code:
 
     from _tolerance import assert_matches_reference
     assert_matches_reference(layer_norm, reference.layer_norm, {"x": x, "weight": w, "bias": b}, ("x", "weight"))

@@ -1,4 +1,4 @@
-"""The fused attention kernel against `kernels.reference.attention`: forward and dq, dk, dv by the
+"""The fused attention kernel against `tritongpt.kernels.reference.attention`: forward and dq, dk, dv by the
 error-relative rule, masking (causal, Tq != Tk, tails), layouts, dropout, both backward modes (deterministic
 and atomic dQ), tensor-descriptor loads, the autotune pruning, bad input, registration, torch.compile,
 CUDA-graph capture. On CPU the kernels run in Triton's interpreter (conftest sets it), in fp32 and fp16."""

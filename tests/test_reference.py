@@ -1,4 +1,4 @@
-"""The reference ops (kernels.reference) against torch's own implementations, forward and gradients."""
+"""The reference ops (tritongpt.kernels.reference) against torch's own implementations, forward and gradients."""
 
 import pytest
 import torch

@@ -7,7 +7,7 @@ Layout (every value a tensor, number, string, list or dict, so `torch.load(weigh
      ... anything else the writer adds (optimizer, step, RNG states, train config) ...}
 
 A file is written to a temporary name in the same folder, fsync'd, then renamed over the target
-(`gpt.files.atomic_write`), so a crash or a full disk never leaves a half-written checkpoint under the real
+(`tritongpt.files.atomic_write`), so a crash or a full disk never leaves a half-written checkpoint under the real
 name and never destroys the previous one; a failed write is a CheckpointError naming the file and the reason.
 
 A training run keeps numbered checkpoints `ckpt-00001000.pt` in its folder (the last K readable ones);

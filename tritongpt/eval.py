@@ -6,7 +6,7 @@
     gpt eval --hf ~/models/gpt2 --data data/fineweb10B --max-tokens 10000000
     gpt eval --checkpoint runs/demo --data data/shakespeare-char --eval-batches 20   # the run's own val_loss
 
---hellaswag FILE scores the official `hellaswag_val.jsonl` (see `gpt.hellaswag` for the definitions of acc
+--hellaswag FILE scores the official `hellaswag_val.jsonl` (see `tritongpt.hellaswag` for the definitions of acc
 and acc_norm, and the README for where to get the file). --data DIR reads the val split of a prepared folder
 and reports the mean cross-entropy per token, the perplexity exp(loss), and bits per byte: the nats of the
 tokens that stand for text divided by ln 2 and by their UTF-8 bytes (end-of-text tokens are no text and left
@@ -239,7 +239,7 @@ def check_output(path: Path, force: bool) -> None:
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
-    """Strict JSON (no NaN), whole or not at all (`gpt.files.atomic_write`)."""
+    """Strict JSON (no NaN), whole or not at all (`tritongpt.files.atomic_write`)."""
     data = (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode("utf-8")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@
     from transformers import GPT2LMHeadModel
     model = GPT2LMHeadModel.from_pretrained("out/demo-hf")
 
-Writes config.json and model.safetensors, and the tokenizer (see `gpt.hf.to_hf`), into a new or empty folder;
+Writes config.json and model.safetensors, and the tokenizer (see `tritongpt.hf.to_hf`), into a new or empty folder;
 `--force` replaces an earlier export in it (no file of the old export is left beside the new one). The files
 appear only once all of them are written: a failure leaves the folder as it was.
 """

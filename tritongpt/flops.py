@@ -3,7 +3,7 @@
     from tritongpt.flops import flops_per_token, mfu, peak_bf16_flops
     peak_bf16_flops("NVIDIA H100 80GB HBM3")          # 989e12
     mfu(tokens_per_s, flops_per_token(model), peak)    # fraction of the peak, or None without a peak
-    device_memory_bytes("cuda:0")                      # what the size checks of gpt.model compare against
+    device_memory_bytes("cuda:0")                      # what the size checks of tritongpt.model compare against
 
 Training (`gpt train`) and the benchmarks (`gpt bench`) both read these; nothing else holds a peak table.
 """

@@ -14,9 +14,9 @@ import torch
 from tritongpt.config import add_set_argument, load_model_config
 
 BACKEND_NOTES = {
-    "torch": "the from-scratch reference layers (kernels.reference)",
-    "native": "torch's fused ops: F.layer_norm, F.gelu, SDPA (kernels.native)",
-    "triton": "our Triton kernels (kernels.triton_ops)",
+    "torch": "the from-scratch reference layers (tritongpt.kernels.reference)",
+    "native": "torch's fused ops: F.layer_norm, F.gelu, SDPA (tritongpt.kernels.native)",
+    "triton": "our Triton kernels (tritongpt.kernels.triton_ops)",
     "auto": "Triton kernels on CUDA tensors, torch's fused ops elsewhere",
 }
 

@@ -1,7 +1,7 @@
 """GPT-2 from scratch: embeddings, stacked transformer blocks, final LayerNorm and a language-model head.
 
 No torch.nn.LayerNorm, GELU, MultiheadAttention or Transformer: the layer math is one implementation of
-`kernels` -- the from-scratch reference (backend "torch"), torch's fused ops ("native"), our Triton kernels
+`tritongpt.kernels` -- the from-scratch reference (backend "torch"), torch's fused ops ("native"), our Triton kernels
 ("triton"), or "auto" (Triton on CUDA, native elsewhere) -- picked by `GPTConfig.backend` through `Ops`.
 
     from tritongpt.config import load_model_config
@@ -236,14 +236,14 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ generation and pretrained weights
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
-        """idx (B, T) followed by up to max_new_tokens sampled tokens; options in `gpt.generate.generate`."""
+        """idx (B, T) followed by up to max_new_tokens sampled tokens; options in `tritongpt.generate.generate`."""
         from tritongpt.generate import generate
 
         return generate(self, idx, max_new_tokens, **kwargs)
 
     @classmethod
     def from_hf(cls, path, **kwargs) -> GPT:
-        """A GPT from a local Hugging Face GPT-2 folder; options in `gpt.hf.from_hf`."""
+        """A GPT from a local Hugging Face GPT-2 folder; options in `tritongpt.hf.from_hf`."""
         from tritongpt.hf import from_hf
 
         return from_hf(path, **kwargs)

@@ -34,7 +34,7 @@ def _load(name: str) -> None:
 
 
 class Ops:
-    """The layer functions of one backend, each with the signature of `kernels.reference`."""
+    """The layer functions of one backend, each with the signature of `tritongpt.kernels.reference`."""
 
     def __init__(self, backend: str) -> None:
         if backend not in BACKENDS:

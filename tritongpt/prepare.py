@@ -452,7 +452,7 @@ class ShardSplit:
 def write_json_atomic(path: Path, obj: dict) -> None:
     """Write JSON under a temporary name, flush it to disk, then rename it into place.
 
-    Not `gpt.files.atomic_write`: the temporary name here is the fixed `.name.tmp` that `OUR_TEMP` recognises,
+    Not `tritongpt.files.atomic_write`: the temporary name here is the fixed `.name.tmp` that `OUR_TEMP` recognises,
     so one left by a killed run is known as ours (and cleaned up) rather than taken for a user's file."""
     tmp = temp_name(path)
     try:

@@ -27,7 +27,7 @@ after `max_bad_steps` of them in a row, or at a non-finite validation loss, the 
 and saves nothing. A checkpoint that cannot be written (a full disk) is tried again after a pause; if it still
 fails the run stops with exit status 2, naming the last good checkpoint.
 
-Limits: MFU is reported against the dense bf16 peak of the GPUs in `gpt.flops`; on CPU and on
+Limits: MFU is reported against the dense bf16 peak of the GPUs in `tritongpt.flops`; on CPU and on
 unknown GPUs it is left out. A resumed DDP run restores each rank's RNG only when the world size is the same.
 """
 
@@ -633,7 +633,7 @@ class Trainer:
         return (total[0] / total[1].clamp(min=1)).item()
 
     def sample(self, n_tokens: int) -> str:
-        """`n_tokens` sampled after `sample_prompt` through `gpt.generate` (KV cache), seeded by seed and step."""
+        """`n_tokens` sampled after `sample_prompt` through `tritongpt.generate` (KV cache), seeded by seed and step."""
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + self.step)
         try:
             ids = self.tok.encode(self.cfg.sample_prompt) if self.cfg.sample_prompt else []

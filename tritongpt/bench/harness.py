@@ -231,7 +231,7 @@ class Ceiling:
 def measure_ceilings(device: torch.device, quick: bool = False) -> dict[str, Ceiling]:
     """Device-to-device copy bandwidth (bytes read + written) and a large matmul's FLOP rate.
 
-    CUDA: a 1 GiB bf16 copy and an 8192^3 bf16 matmul (the sizes behind the figures in `bench.anchors`).
+    CUDA: a 1 GiB bf16 copy and an 8192^3 bf16 matmul (the sizes behind the figures in `tritongpt.bench.anchors`).
     CPU or quick: 64 MiB fp32 and 512^3 fp32, enough to give the CPU fractions a scale.
     """
     cuda = device.type == "cuda"

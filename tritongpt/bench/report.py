@@ -5,14 +5,14 @@
     write_summary(rows, out / "summary.md")
 
 The CSV has one measurement per line: op, provider, mode, shape, dtype, method, metric, value, gpu, torch,
-triton, date. `method` is the timer (`bench.harness`): do_bench, cudagraph (CUDA-graph replays: no host
+triton, date. `method` is the timer (`tritongpt.bench.harness`): do_bench, cudagraph (CUDA-graph replays: no host
 dispatch) or perf_counter (CPU). Metrics: ms, ms_p20, ms_p80 (timing quantiles), GB/s or TFLOP/s (derived),
 frac_ceiling (of the copy or matmul ceiling measured in the same run), peak_mem_MB; for train_step also
 tokens/s and mfu. Ceilings are rows of op "ceiling" (mode "copy" or "matmul"). Ratios between providers
 are not stored: the summary and plots compute them from the ms of one method.
 
 Where a case has a cudagraph row for every provider compared, comparisons use it; otherwise the do_bench
-(or perf_counter) figures. The summary quotes published figures from `bench.anchors`, never a file outside
+(or perf_counter) figures. The summary quotes published figures from `tritongpt.bench.anchors`, never a file outside
 the repository.
 """
 
@@ -57,7 +57,8 @@ COLORS = {
     "sdpa-efficient": "C6",
     "sdpa-math": "C8",
 }
-OPS = ("attention", "layer_norm", "add_layer_norm", "bias_gelu", "gelu", "linear_cross_entropy")  # bench.ops.OPS
+# tritongpt.bench.ops.OPS
+OPS = ("attention", "layer_norm", "add_layer_norm", "bias_gelu", "gelu", "linear_cross_entropy")
 MODES_ORDER = ("fwd", "bwd", "fwd+bwd", "fwd+bwd+opt")
 PRIMARY_METHODS = ("do_bench", "perf_counter", "")  # the per-call timers, in order of preference
 
@@ -452,7 +453,7 @@ def _train_table(idx: dict) -> list[str]:
 
 
 def _anchor_notes(idx: dict, ceilings: dict, meta: dict | None) -> list[str]:
-    """Where we stand against SDPA, torch native and the published figures of `bench.anchors`."""
+    """Where we stand against SDPA, torch native and the published figures of `tritongpt.bench.anchors`."""
     out = []
     gpu = meta["gpu"] if meta else ""
     if gpu and "H100" not in gpu and "H200" not in gpu:

@@ -11,7 +11,7 @@ Backends (the model's `GPTConfig.backend`, optionally under torch.compile):
 The order is the order of a run, the headline comparison first. A compiled model is built once per backend
 with `dynamic=False`: each micro-batch size compiles its own graph. On CUDA every step runs under bf16
 autocast with TF32 matmuls and fused AdamW, as nanoGPT trains. Reported: ms per step, tokens/s, MFU (FLOPs
-per token and the GPU's datasheet bf16 peak, both from `gpt.flops`; none where the card is not in its
+per token and the GPU's datasheet bf16 peak, both from `tritongpt.flops`; none where the card is not in its
 table), the same rate as a fraction of the matmul ceiling measured on this card, and peak memory (weights,
 gradients and optimizer state included).
 """
@@ -113,7 +113,7 @@ def run_train(
     cuda = device.type == "cuda"
     peak = flops.peak_bf16_flops(env.gpu) if cuda else None
     if cuda and peak is None:
-        tally.notes.append(f"train_step: no datasheet peak for {env.gpu!r} in gpt.flops; MFU left out")
+        tally.notes.append(f"train_step: no datasheet peak for {env.gpu!r} in tritongpt.flops; MFU left out")
     matmul = ceilings.get("matmul")
     providers = list(dict.fromkeys(c.provider for c in cases))
     with _tf32(cuda):

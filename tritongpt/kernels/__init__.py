@@ -6,17 +6,18 @@
     y = ops.attention(q, k, v, causal=True, dropout_p=0.1)
     loss = ops.linear_cross_entropy(x, lm_head_weight, targets)   # the LM head and its loss
 
-| name        | module                | what it is                                                           |
-|-------------|-----------------------|----------------------------------------------------------------------|
-| `reference` | `kernels.reference`   | from scratch in PyTorch: the correctness oracle                      |
-| `native`    | `kernels.native`      | torch's own ops (F.layer_norm, F.gelu, SDPA, F.cross_entropy): the   |
-|             |                       | nanoGPT baseline                                                     |
-| `triton`    | `kernels.triton_ops`  | our Triton kernels, autograd-aware, `torch.compile`-traceable        |
+| name        | module                          | what it is                                                 |
+|-------------|---------------------------------|------------------------------------------------------------|
+| `reference` | `tritongpt.kernels.reference`   | from scratch in PyTorch: the correctness oracle            |
+| `native`    | `tritongpt.kernels.native`      | torch's own ops (F.layer_norm, F.gelu, SDPA,               |
+|             |                                 | F.cross_entropy): the nanoGPT baseline                     |
+| `triton`    | `tritongpt.kernels.triton_ops`  | our Triton kernels, autograd-aware, `torch.compile`-able   |
 
 Each module defines the same functions with the same signatures (`OPS`, checked by the tests). The op files
-(`tritongpt/kernels/attention.py`, `layer_norm.py`, `gelu.py`, `linear_cross_entropy.py`) each hold one op's Triton
-kernels beside its reference. Modules are imported when first asked for, so `TRITON_INTERPRET=1` (Triton's CPU
-interpreter) can still be set after `import kernels` as long as no implementation was imported yet.
+(`attention.py`, `layer_norm.py`, `gelu.py`, `linear_cross_entropy.py` in this folder) each hold one op's
+Triton kernels beside its reference. Modules are imported when first asked for, so `TRITON_INTERPRET=1`
+(Triton's CPU interpreter) can still be set after `from tritongpt import kernels` as long as no
+implementation was imported yet.
 """
 
 from __future__ import annotations

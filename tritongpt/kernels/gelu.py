@@ -4,7 +4,7 @@
     y = gelu(x)              # any shape
     y = bias_gelu(h, bias)   # gelu(h + bias), bias (C,) broadcast over the last dimension of h (..., C)
 
-Reference (pure PyTorch) lives here beside the Triton kernels; `kernels.reference` re-exports it.
+Reference (pure PyTorch) lives here beside the Triton kernels; `tritongpt.kernels.reference` re-exports it.
 
 Read top-down: Triton kernels -> host functions (validate, flatten to rows, allocate, launch), registered as
 `torch.ops.tritongpt.*` so torch.compile sees through them -> autograd (`register_autograd` on the forward

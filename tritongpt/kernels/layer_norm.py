@@ -4,7 +4,7 @@
     y = layer_norm(x, weight, bias, eps=1e-5)                         # (..., C) -> (..., C)
     y, s = add_layer_norm(x, residual, weight, bias, eps=1e-5)        # s = x + residual, y = layer_norm(s)
 
-Reference (pure PyTorch) lives here beside the Triton kernels; `kernels.reference` re-exports it.
+Reference (pure PyTorch) lives here beside the Triton kernels; `tritongpt.kernels.reference` re-exports it.
 
 Read top-down: Triton kernels -> host functions (validate, flatten to rows, allocate, launch), registered as
 `torch.ops.tritongpt.*` so torch.compile sees through them -> autograd (`register_autograd` on the forward

@@ -5,7 +5,8 @@
 
 F.layer_norm, F.gelu(approximate="tanh"), F.scaled_dot_product_attention (SDPA, which dispatches to
 FlashAttention-2, cuDNN, memory-efficient or math kernels) and F.linear + F.cross_entropy, with the
-signatures and semantics of `kernels.reference`. Where torch's semantics differ from ours, these functions follow ours:
+signatures and semantics of `tritongpt.kernels.reference`. Where torch's semantics differ from ours, these
+functions follow ours:
 
 - causal attention with Tq != Tk is bottom-right aligned (query i sees keys j <= i + Tk - Tq, the KV-cache
   case); SDPA's `is_causal` aligns top-left, so Tq < Tk uses `causal_lower_right`, and for Tq > Tk the first
