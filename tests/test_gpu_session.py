@@ -1,0 +1,81 @@
+"""scripts/gpu_session.sh, what a lent GPU session runs: every call's plan fits the lease, and the calls of the
+first lease (plus the training call) run end to end here through their real commands (`dry-run`: the CPU,
+Triton's interpreter, tiny shapes), writing what the device machine would send back."""
+
+import csv
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CALLS = "check headline kernels train-step train attention attention-d128 norms mlp".split()
+FIRST_LEASE = {"check": 360, "headline": 360}  # both in one 15-minute lease, the machine's start included
+
+
+def _script(*args, env=None, timeout=180):
+    return subprocess.run(["bash", str(ROOT / "scripts" / "gpu_session.sh"), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT)  # fmt: skip
+
+
+def test_every_call_is_planned_within_its_limit_and_selects_cases():
+    r = _script("plan", "--cases")
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = [x.split()[1].rstrip(":") for x in r.stdout.splitlines() if x.startswith("call ")]
+    assert calls == CALLS
+    totals = [int(x.split()[1]) for x in r.stdout.splitlines() if x.strip().startswith("total ")]
+    totals = dict(zip(calls, totals, strict=True))
+    assert all(totals[c] <= FIRST_LEASE.get(c, 480) for c in calls), totals
+    counts = [x.split()[0] for x in r.stdout.splitlines() if x.strip().endswith(" cases")]
+    assert len(counts) == r.stdout.count("tritongpt bench ") and all(n.isdigit() and int(n) > 0 for n in counts)
+    headline = r.stdout.split("call headline:")[1].split("call kernels:")[0]
+    # triton, sdpa-flash, sdpa-cudnn x fwd, bwd, fwd+bwd at B16xH12xT1024xD64; native+compile, triton+compile
+    assert [line.split()[0] for line in headline.splitlines() if line.endswith(" cases")] == ["9", "2"], headline
+
+
+def test_a_command_over_its_limit_is_refused_before_anything_runs(tmp_path):
+    over = _script("check", "headline", env={"OUT": str(tmp_path / "out")})
+    assert over.returncode == 2 and "over the 480 s" in over.stderr and not (tmp_path / "out").exists()
+    bad = _script("dry-run", "no-such-call")
+    assert bad.returncode == 2 and "unknown call: no-such-call" in bad.stderr
+
+
+@pytest.mark.slow
+def test_dry_run_of_the_first_lease_and_the_training_call(tmp_path):
+    """check, headline and train through their real commands on this CPU; each step ok, each call's files where
+    the device machine would leave them (within its 8 files, 2 folders down), and a second run into the same
+    folder refused instead of mixing results."""
+    out = tmp_path / "out"
+    r = _script("dry-run", "check", "headline", "train", env={"OUT": str(out)}, timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    steps = [line for line in r.stdout.splitlines() if line.startswith("== ") and "(budget" not in line]
+    assert len(steps) == 9 and all(line.endswith(" s") and ": ok after " in line for line in steps), steps
+
+    assert "checks, 0 failed: all passed" in (out / "check" / "log.txt").read_text()
+    with open(out / "headline" / "bench" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    measured = {(r["op"], r["provider"]) for r in rows if r["metric"] == "ms"}
+    assert {("attention", "triton"), ("attention", "sdpa-flash")} <= measured
+    assert {(r["op"], r["provider"]) for r in rows if r["op"] == "train_step"} >= {
+        ("train_step", "native+compile"),
+        ("train_step", "triton+compile"),
+    }
+    metrics = [json.loads(x) for x in (out / "train" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert max(m["step"] for m in metrics) == 3 and (out / "train" / "train" / "loss.png").stat().st_size > 0
+    with open(out / "train" / "decode" / "decode.csv", newline="") as f:
+        assert {r["provider"] for r in csv.DictReader(f)} >= {"triton-cache", "native-cache"}
+
+    again = _script("dry-run", "check", env={"OUT": str(out)})
+    assert again.returncode == 2 and "exists: give each command a new OUT" in again.stderr
+
+
+def test_a_failing_step_fails_the_command_and_says_so(tmp_path):
+    """Every step's outcome is in the call's log; one that fails (here: no Python where it is looked for) makes
+    the whole command exit 1 after the others ran."""
+    out = tmp_path / "out"
+    r = _script("dry-run", "check", env={"OUT": str(out), "PYTHON": str(tmp_path / "no-python")})
+    assert r.returncode == 1 and "with FAILED or KILLED steps" in r.stdout
+    log = (out / "check" / "log.txt").read_text()
+    assert log.count("FAILED (exit 127)") == 3 and "== verify (budget" in log
