@@ -148,6 +148,11 @@ def test_bad_input_is_rejected(device, monkeypatch):
         add_layer_norm(x.to(device), x[:1].to(device), w.to(device), b.to(device))
     with pytest.raises(ValueError, match="width 65537"):
         layer_norm(torch.empty(1, 65537, device=device), torch.empty(65537, device=device), None)
+    # Non-tensors get our TypeError naming the argument, not the op dispatcher's RuntimeError (found by the fuzzer).
+    with pytest.raises(TypeError, match="layer_norm: weight must be a torch.Tensor, got list"):
+        layer_norm(x, w.tolist(), b)
+    with pytest.raises(TypeError, match="add_layer_norm: residual must be a torch.Tensor, got list"):
+        add_layer_norm(x, x.tolist(), w, b)
     monkeypatch.setattr(_common, "interpreter_enabled", lambda: False)
     with pytest.raises(ValueError, match="CPU tensors.*TRITON_INTERPRET=1"):
         layer_norm(x, w, b)

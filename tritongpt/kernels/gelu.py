@@ -268,9 +268,11 @@ bias_gelu_fwd.register_autograd(_bias_gelu_backward, setup_context=_bias_gelu_se
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """GELU (tanh approximation) of x, elementwise, in one Triton kernel."""
+    check_inputs("gelu", x=x)  # a non-tensor: our TypeError, not the op dispatcher's RuntimeError
     return gelu_fwd(x)
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """gelu(x + bias), bias (C,) broadcast over the last dimension of x; the add is fused into the kernel."""
+    check_inputs("bias_gelu", x=x, bias=bias)
     return bias_gelu_fwd(x, bias)

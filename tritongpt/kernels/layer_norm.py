@@ -407,6 +407,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """LayerNorm over the last dimension of x (any leading shape), fused in one Triton kernel. y is in x's dtype,
     or in autocast's dtype while torch.autocast is on (statistics in fp32 either way)."""
     _check_eps("layer_norm", eps)
+    check_inputs("layer_norm", x=x, weight=weight, bias=bias)  # a non-tensor: our TypeError, not the dispatcher's
     return layer_norm_fwd(x, weight, bias, float(eps), _autocast_dtype(x))[0]
 
 
@@ -417,5 +418,6 @@ def add_layer_norm(
     The sum is in the promoted dtype of x and residual; the normalised output too, or in autocast's dtype while
     torch.autocast is on."""
     _check_eps("add_layer_norm", eps)
+    check_inputs("add_layer_norm", x=x, residual=residual, weight=weight, bias=bias)
     y, s, _, _ = add_layer_norm_fwd(x, residual, weight, bias, float(eps), _autocast_dtype(x))
     return y, s
