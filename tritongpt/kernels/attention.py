@@ -586,7 +586,8 @@ _INTERPRET = interpreter_enabled()
 # Interpreter: one fixed config. Its cost is per block operation, not per element: 64 x 64 ran fwd+bwd at
 # (2, 2, 130, 64) 2x faster than 32 x 32 and 3.5x faster than 16 x 16 on CPU (Triton 3.9).
 _INTERPRETER_BLOCKS = {"BLOCK_M": 64, "BLOCK_N": 64}
-_INTERPRETER_KV_TMA = False  # the forward's K/V loads through tensor descriptors (tests switch it on)
+# The forward's K/V loads through tensor descriptors (tests switch it on): as on a GPU, only where `_tma_ok`.
+_INTERPRETER_KV_TMA = False
 _PREPROCESS_BLOCK_M = 16 if _INTERPRET else 128
 
 # Tensor-descriptor (TMA) loads need Triton's device-side descriptors (3.4+) and a scratch allocator.
@@ -843,7 +844,7 @@ def attention_fwd(
     if _KV_TMA and not _INTERPRET:
         triton.set_allocator(_tma_allocator)  # per launch: the allocator is per thread (a ContextVar)
     grid = lambda meta: (batch * heads, triton.cdiv(tq, meta["BLOCK_M"]))
-    _launch(_attn_fwd, grid, args, meta, q.dtype, {"KV_TMA": _INTERPRETER_KV_TMA})
+    _launch(_attn_fwd, grid, args, meta, q.dtype, {"KV_TMA": _INTERPRETER_KV_TMA and _tma_ok({"K": k, "V": v})})
     return out, lse
 
 
