@@ -93,6 +93,18 @@ def test_nan_propagates_like_the_reference(device):
     assert y[1].isnan().all() and y[[0, 2, 3]].isfinite().all()
 
 
+@pytest.mark.parametrize("op", ["layer_norm", "add_layer_norm"])
+@pytest.mark.parametrize("shape", [(1, 4), (2, 32), (3, 257)], ids=lambda s: "x".join(map(str, s)))
+def test_rows_far_from_zero_mean(op, shape, device):
+    """Rows at 300 +- 1 (found by `gpt verify --fuzz`): the saved fp32 mean is off by up to half an ulp of 300,
+    which biases xhat; dx was ~4x the reference's error until the backward subtracted mean(xhat), as the
+    reference's autograd does."""
+    inputs = _inputs(shape, torch.float32, device, residual=op == "add_layer_norm")
+    inputs["x"] = inputs["x"] + 300.0
+    kernel = layer_norm if op == "layer_norm" else add_layer_norm
+    assert_matches_reference(kernel, getattr(reference, op), inputs, _grads(inputs))
+
+
 def test_empty_batch(device):
     x = torch.randn(0, 7, 768, device=device, requires_grad=True)
     w = torch.randn(768, device=device, requires_grad=True)

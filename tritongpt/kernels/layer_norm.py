@@ -15,7 +15,7 @@ fit in a small shared-memory budget, so the next row is loaded while this one is
 a row in one warp up to width 1024 (its two reductions are warp shuffles), loads weight and bias once per
 program, and launches enough programs to fill every SM (rows wider than 4096: one program per row, weight and
 bias loaded after the statistics, where registers are short); the backward spreads a row over a few more
-warps (it holds twice the live values) and reduces the row's two sums as one pair.
+warps (it holds twice the live values) and reduces the row's three sums as one triple.
 
 Dtypes: x (and residual) fp16, bf16 or fp32; statistics in fp32 (mean and rstd are saved fp32 per row);
 y, s and dx in the input's dtype (add_layer_norm: the promoted dtype of x and residual). Under torch.autocast
@@ -152,17 +152,20 @@ def _layer_norm_fwd_kernel(
 
 
 @triton.jit
-def _add_pair(a0, a1, b0, b1):
-    return a0 + b0, a1 + b1
+def _add_triple(a0, a1, a2, b0, b1, b2):
+    return a0 + b0, a1 + b1, a2 + b2
 
 
 # Backward. With n = n_cols, xhat = (x - mean) * rstd and y = xhat * w + b, per row:
 #   g     = dy * w                                    (gradient into xhat)
-#   dx    = rstd * (g - mean(g) - xhat * mean(g * xhat))
+#   dx    = rstd * (g - mean(g) - (xhat - mean(xhat)) * mean(g * xhat))
 #   (from d xhat_j / d x_i = rstd * (delta_ij - 1/n - xhat_i xhat_j / n))
 #   dw    = sum over rows of dy * xhat,   db = sum over rows of dy
-# The two row sums (of g and g * xhat) are one reduction of a pair: one pass through the reduction tree (and,
-# where a row spans several warps, one shared-memory exchange instead of two).
+# mean(xhat) is 0 but for the rounding of the saved fp32 mean, which biases xhat by ulp(mean) * rstd: where
+# |mean| >> std (a row at 300 +- 1) that bias, times mean(g * xhat), was ~4x the reference's error in dx. The
+# reference's autograd (through mean and var) subtracts it; so do we. The three row sums (of g * xhat, g and
+# xhat) are one reduction of a triple: one pass through the reduction tree (and, where a row spans several
+# warps, one shared-memory exchange instead of three).
 # add_layer_norm: s = x + residual is also an output, so its gradient ds is added: dx = dresidual = dx + ds.
 # dw, db: each program sums its contiguous chunk of rows into one fp32 partial row; the host adds the
 # partial rows with torch. No atomics, so the result is the same every run.
@@ -205,8 +208,8 @@ def _layer_norm_bwd_kernel(
         rstd = tl.load(RSTD + row)
         xhat = tl.where(mask, (x - mean) * rstd, 0.0)
         g = dy * w
-        sum_gxhat, sum_g = tl.reduce((g * xhat, g), 0, _add_pair)
-        dx = (g - sum_g / n_cols - xhat * (sum_gxhat / n_cols)) * rstd
+        sum_gxhat, sum_g, sum_xhat = tl.reduce((g * xhat, g, xhat), 0, _add_triple)
+        dx = (g - sum_g / n_cols - (xhat - sum_xhat / n_cols) * (sum_gxhat / n_cols)) * rstd
         if HAS_DSUM:
             dx += tl.load(DS + row64 * stride_ds + cols, mask=mask, other=0.0).to(tl.float32)
         tl.store(DX + row64 * n_cols + cols, dx.to(DX.dtype.element_ty), mask=mask)
