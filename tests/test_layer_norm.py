@@ -105,6 +105,14 @@ def test_rows_far_from_zero_mean(op, shape, device):
     assert_matches_reference(kernel, getattr(reference, op), inputs, _grads(inputs))
 
 
+def test_one_row_of_the_widest_kind(device):
+    """A 50k-wide row at 300 +- 30 (found by `gpt verify --fuzz`): the interpreter ran the backward's triple
+    reduction element by element, a sequential fp32 sum with 55x the reference's error in dx (and slow)."""
+    inputs = _inputs((1, 49957), torch.float32, device, bias=False)
+    inputs["x"] = 300 + 30 * inputs["x"]
+    assert_matches_reference(layer_norm, reference.layer_norm, inputs, _grads(inputs))
+
+
 def test_empty_batch(device):
     x = torch.randn(0, 7, 768, device=device, requires_grad=True)
     w = torch.randn(768, device=device, requires_grad=True)

@@ -45,6 +45,7 @@ from tritongpt.kernels._common import (
     as_rows,
     as_vector,
     check_inputs,
+    interpreter_enabled,
     launcher,
     library_op,
     row_config,
@@ -189,8 +190,12 @@ def _layer_norm_bwd_kernel(
     HAS_DSUM: tl.constexpr,
     BLOCK: tl.constexpr,
     NUM_STAGES: tl.constexpr,
+    ONE_REDUCTION: tl.constexpr,
 ):
-    """Program p: rows [p * rows_per_program, ...), the next row's x, dy (and ds) prefetched (NUM_STAGES = 2)."""
+    """Program p: rows [p * rows_per_program, ...), the next row's x, dy (and ds) prefetched (NUM_STAGES = 2).
+    ONE_REDUCTION: the row's three sums as one reduction of a triple; otherwise (Triton's interpreter) three
+    tl.sum, since the interpreter runs a reduction with a combine function of ours element by element in Python:
+    a sequential fp32 sum, slow and, on a 50k-wide row, with 55x the reference's error in dx."""
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -208,7 +213,10 @@ def _layer_norm_bwd_kernel(
         rstd = tl.load(RSTD + row)
         xhat = tl.where(mask, (x - mean) * rstd, 0.0)
         g = dy * w
-        sum_gxhat, sum_g, sum_xhat = tl.reduce((g * xhat, g, xhat), 0, _add_triple)
+        if ONE_REDUCTION:
+            sum_gxhat, sum_g, sum_xhat = tl.reduce((g * xhat, g, xhat), 0, _add_triple)
+        else:
+            sum_gxhat, sum_g, sum_xhat = tl.sum(g * xhat, axis=0), tl.sum(g, axis=0), tl.sum(xhat, axis=0)
         dx = (g - sum_g / n_cols - (xhat - sum_xhat / n_cols) * (sum_gxhat / n_cols)) * rstd
         if HAS_DSUM:
             dx += tl.load(DS + row64 * stride_ds + cols, mask=mask, other=0.0).to(tl.float32)
@@ -230,6 +238,7 @@ _BWD_PER_THREAD, _BWD_WARPS_PER_SM = 16, 16
 # Widest block the forward loops over rows with (weight and bias kept in registers); wider rows, where registers
 # are short, get one program each.
 _ROW_LOOP_MAX_BLOCK = 4096
+_INTERPRET = interpreter_enabled()  # read once at import, as Triton decides interpreter or compiler
 
 
 def _check_width(op: str, n_cols: int) -> None:
@@ -348,7 +357,8 @@ def layer_norm_bwd(
         dy2, x2, weight, mean, rstd, ds2 if ds2 is not None else dy2, dx, dw_partial, db_partial,
         dy2.stride(0), x2.stride(0), ds2.stride(0) if ds2 is not None else 0,
         n_rows, n_cols, rows_per_program,
-        HAS_DSUM=dsum is not None, BLOCK=cfg.block, NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps,
+        HAS_DSUM=dsum is not None, BLOCK=cfg.block, NUM_STAGES=cfg.num_stages, ONE_REDUCTION=not _INTERPRET,
+        num_warps=cfg.num_warps,
     )  # fmt: skip
     dw = dw_partial.sum(dim=0).to(weight.dtype)
     db = db_partial.sum(dim=0).to(weight.dtype)
