@@ -238,8 +238,7 @@ def run_with_seed(seed, q, k, v, **kw):
 
 def kernel_mask(seed, b, h, tq, tk, p):
     """The keep-mask the kernel draws after torch.manual_seed(seed)."""
-    torch.manual_seed(seed)
-    return attn_mod.attention_dropout_mask(attn_mod._dropout_seed(torch.device(DEVICE)), b, h, tq, tk, p)
+    return attn_mod.dropout_keep_mask(seed, b, h, tq, tk, p, DEVICE)
 
 
 def test_dropout_p0_is_the_no_dropout_path_bitwise():

@@ -434,3 +434,84 @@ def add_layer_norm(
     check_inputs("add_layer_norm", x=x, residual=residual, weight=weight, bias=bias)
     y, s, _, _ = add_layer_norm_fwd(x, residual, weight, bias, float(eps), _autocast_dtype(x))
     return y, s
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fuzz case space (`gpt verify --fuzz`, tritongpt/fuzz.py): the Limits above as the calls to draw. `draw` names
+# each value (the keys of a case's JSON) and skews sizes to the block edges.
+
+# Widths at the kernels' edges: one warp per row up to 1024 (forward), the row loop up to _ROW_LOOP_MAX_BLOCK,
+# one register block per row up to MAX_ROW_WIDTH.
+_FUZZ_WIDTHS = (1, 32, 512, 1024, 2048, _ROW_LOOP_MAX_BLOCK, 8192, MAX_ROW_WIDTH)
+_FUZZ_ELEMENTS = {"cpu": 2**17, "cuda": 2**24}  # most elements of x drawn (the interpreter is slow)
+
+
+def fuzz_case(op: str, draw) -> dict:
+    """A call layer_norm / add_layer_norm must get right: widths 1..MAX_ROW_WIDTH skewed to the block edges, 0
+    rows and more, one to three dimensions; eps > 0; with or without bias; x scaled and offset (mean >> std;
+    constant rows),
+    with NaN or +-inf in a few elements; fp32, fp16 (bf16 on a GPU); add_layer_norm's residual in x's dtype or
+    another (the sum and output in the promoted one); any layout of every tensor."""
+    dtype = draw.dtype()
+    n_cols = draw.integer("C", 1, MAX_ROW_WIDTH, near=_FUZZ_WIDTHS)
+    most_rows = max(1, min(70, _FUZZ_ELEMENTS[draw.device.type] // n_cols))
+    lead = draw.choice("lead", ["rows", "row", "batch"])
+    if lead == "row":
+        shape = (n_cols,)
+    elif lead == "rows":
+        shape = (draw.integer("rows", 0, most_rows, near=(1, 8)), n_cols)
+    else:
+        shape = (draw.integer("A", 1, 3), draw.integer("rows", 0, max(1, most_rows // 3)), n_cols)
+    scale = draw.choice("x_scale", [1.0, 1e-3, 30.0, 1e3, 0.0])  # 0: constant rows (x_mean, exact in fp32)
+    offset = draw.choice("x_mean", [0.0, 10.0, 300.0])
+    eps = draw.choice("eps", [1e-5, 1e-6, 1e-3, 1.0, 1e-12])
+    kwargs = {"x": draw.tensor("x", shape, dtype, scale, offset, specials=True)}
+    if op == "add_layer_norm":
+        kwargs["residual"] = draw.tensor("residual", shape, draw.dtype("residual_dtype", same=dtype), scale)
+    kwargs["weight"] = draw.tensor("weight", (n_cols,), dtype, 0.5, 1.0)
+    kwargs["bias"] = draw.tensor("bias", (n_cols,), dtype) if draw.choice("bias", [True, False]) else None
+    kwargs["eps"] = eps
+    return kwargs
+
+
+def fuzz_invalid(op: str, draw) -> tuple[dict, str]:
+    """A call layer_norm / add_layer_norm must refuse, and what its error must name: an unsupported dtype, a
+    weight, bias or residual of the wrong shape, rows wider than MAX_ROW_WIDTH, eps not positive and finite,
+    mixed devices, a non-tensor."""
+    dtype = draw.dtype()
+    n_cols = draw.integer("C", 1, 64, near=(1, 32))
+    shape = (draw.integer("rows", 1, 4), n_cols)
+    kwargs = {"x": draw.tensor("x", shape, dtype, layout=False)}
+    if op == "add_layer_norm":
+        kwargs["residual"] = draw.tensor("residual", shape, dtype, layout=False)
+    kwargs["weight"] = draw.tensor("weight", (n_cols,), dtype, layout=False)
+    kwargs["bias"] = draw.tensor("bias", (n_cols,), dtype, layout=False)
+    defects = ["dtype", "weight_shape", "bias_shape", "width", "eps", "device", "not_tensor"]
+    defect = draw.choice("defect", defects + (["residual_shape"] if op == "add_layer_norm" else []))
+    name = draw.choice("which", list(kwargs))
+    if defect == "dtype":
+        bad = draw.choice("bad_dtype", ["float64", "int32", "bool"])
+        kwargs[name] = kwargs[name].to(getattr(torch, bad))
+        return kwargs, f"{name} has dtype torch.{bad}"
+    if defect in ("weight_shape", "bias_shape"):
+        name = defect.split("_")[0]
+        bad = draw.choice("bad_shape", [[n_cols + 1], [max(n_cols - 1, 0)], [1, n_cols], [n_cols, 1]])
+        kwargs[name] = torch.ones(bad, dtype=dtype, device=draw.device)
+        return kwargs, f"{name} has shape {tuple(bad)}"
+    if defect == "residual_shape":
+        kwargs["residual"] = kwargs["residual"][:, None] if draw.choice("bad_shape", ["3d", "rows"]) == "3d" else (
+            torch.cat([kwargs["residual"], kwargs["residual"]]))  # fmt: skip
+        return kwargs, "residual has shape"
+    if defect == "width":
+        wide = MAX_ROW_WIDTH + draw.integer("extra", 1, 7)
+        kwargs = {n: (t[:1, :1].expand(1, wide) if t.dim() == 2 else t[:1].expand(wide)) for n, t in kwargs.items()}
+        return kwargs, f"rows of width {wide} exceed"
+    if defect == "eps":
+        bad = draw.choice("bad_eps", [0.0, -1e-5, "nan", "inf", "-inf", "1e-5", True])
+        kwargs["eps"] = float(bad) if bad in ("nan", "inf", "-inf") else bad
+        return kwargs, "eps must be a positive finite number"
+    if defect == "device":
+        kwargs[name] = kwargs[name].to(draw.other_device)
+        return kwargs, "different devices"
+    kwargs[name] = kwargs[name].tolist()
+    return kwargs, f"{name} must be a torch.Tensor"
