@@ -105,6 +105,25 @@ def test_rows_far_from_zero_mean(op, shape, device):
     assert_matches_reference(kernel, getattr(reference, op), inputs, _grads(inputs))
 
 
+@pytest.mark.parametrize("op", ["layer_norm", "add_layer_norm"])
+@pytest.mark.parametrize(
+    "shape,mean,std", [((1, 31), 10.0, 1e-3), ((1, 2047), 300.0, 1.0), ((3, 581), 10.0, 1e-3), ((4, 768), 300.0, 1.0)]
+)
+def test_rows_whose_mean_is_far_larger_than_their_spread(op, shape, mean, std, device):
+    """mean >> std (found by `gpt verify --fuzz`): the fp32 sum of the row left the mean off by about an ulp,
+    an error of ulp(mean) / std in y, up to 5x the reference's; the forward now corrects the mean by mean(x -
+    mean) once (the corrected two-pass), and gets constant rows exactly."""
+    inputs = _inputs(shape, torch.float32, device, residual=op == "add_layer_norm")
+    inputs["x"] = mean + std * inputs["x"]
+    if op == "add_layer_norm":
+        inputs["residual"] = std * inputs["residual"]
+    kernel = layer_norm if op == "layer_norm" else add_layer_norm
+    assert_matches_reference(kernel, getattr(reference, op), inputs, _grads(inputs))
+    constant = torch.randn(shape[0], 1, device=device).expand(shape).contiguous()  # rows of one value each
+    y = layer_norm(constant, inputs["weight"], inputs["bias"])
+    torch.testing.assert_close(y, inputs["bias"].expand(shape), rtol=0, atol=0)  # was ~1e-5 off
+
+
 def test_one_row_of_the_widest_kind(device):
     """A 50k-wide row at 300 +- 30 (found by `gpt verify --fuzz`): the interpreter ran the backward's triple
     reduction element by element, a sequential fp32 sum with 55x the reference's error in dx (and slow)."""

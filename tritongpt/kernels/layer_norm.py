@@ -12,10 +12,11 @@ ops) -> the public functions.
 
 Kernels: each program loops over a contiguous chunk of rows (`tl.range` with 2 pipeline stages where two rows
 fit in a small shared-memory budget, so the next row is loaded while this one is computed). The forward keeps
-a row in one warp up to width 1024 (its two reductions are warp shuffles), loads weight and bias once per
-program, and launches enough programs to fill every SM (rows wider than 4096: one program per row, weight and
-bias loaded after the statistics, where registers are short); the backward spreads a row over a few more
-warps (it holds twice the live values) and reduces the row's three sums as one triple.
+a row in one warp up to width 1024 (its reductions are warp shuffles; the mean gets one correction step, the
+corrected two-pass), loads weight and bias once per program, and launches enough programs to fill every SM
+(rows wider than 4096: one program per row, weight and bias loaded after the statistics, where registers are
+short); the backward spreads a row over a few more warps (it holds twice the live values) and reduces the
+row's three sums as one triple.
 
 Dtypes: x (and residual) fp16, bf16 or fp32; statistics in fp32 (mean and rstd are saved fp32 per row);
 y, s and dx in the input's dtype (add_layer_norm: the promoted dtype of x and residual). Under torch.autocast
@@ -89,7 +90,14 @@ def _layer_norm_fwd_row(
         x = s.to(tl.float32)
     mean = tl.sum(x, axis=0) / n_cols
     xc = tl.where(mask, x - mean, 0.0)
-    var = tl.sum(xc * xc, axis=0) / n_cols
+    # One correction step: the fp32 sum leaves the mean off by about an ulp of |mean|, an error of ulp(mean) / std
+    # in y, which is large where |mean| >> std (rows at 300 +- 1: 5x the reference's error, whose sum of the
+    # row is nearly exact). corr = mean(xc) is that error to first order; the variance around the corrected
+    # mean is mean(xc^2) - corr^2, and y is formed from xc - corr (not from the rounded corrected mean).
+    corr = tl.sum(xc, axis=0) / n_cols
+    var = tl.maximum(tl.sum(xc * xc, axis=0) / n_cols - corr * corr, 0.0)
+    mean += corr
+    xc = tl.where(mask, xc - corr, 0.0)
     rstd = 1.0 / tl.sqrt(var + eps)
     tl.store(MEAN + row, mean)
     tl.store(RSTD + row, rstd)
