@@ -15,8 +15,8 @@ fp32 for fp16/bf16), the kernel's max error must be at most 2x the same-precisio
 outputs, 3x for gradients, plus a floor of a few units in the last place of the output's magnitude. The
 kernel must be finite wherever the reference is, and non-finite exactly where the high-precision reference
 is. Kernel outputs are poisoned (NaN-filled, `tritongpt.kernels._common.POISON_OUTPUTS`) so an element a kernel never
-writes fails. Exit status 1 on any failure. Attention is checked without dropout (a random mask has no
-reference to compare against).
+writes fails. Exit status 1 on any failure. The grid checks attention without dropout (a random mask has no
+reference to compare against); --fuzz checks it against the reference with the kernel's own keep-mask.
 
 Without CUDA, or with --quick, TRITON_INTERPRET=1 is set before any kernel is imported. `compare` and
 `forward_backward` are the rule's implementation; the tests use them too (through tests/_tolerance.py).
