@@ -117,7 +117,7 @@ verify_step() {
 
 decode_step() {  # decode_step SECONDS BACKEND: KV-cache decode tokens/s into $CALL_OUT/decode
     local args=(--backend "$2" --dtype bfloat16)
-    [ "$MODE" = dry ] && args=(--backend "$2" --config demo --device cpu --lengths 48 --steps 2)
+    [ "$MODE" = dry ] && args=(--backend "$2" --config demo --device cpu --lengths 24 --steps 2)
     step "decode-$2" "$1" "$PY" -m tritongpt.bench.decode "${args[@]}" --out "$CALL_OUT/decode"
 }
 
