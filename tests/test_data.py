@@ -288,7 +288,7 @@ def test_folders_without_data(tmp_path):
 
 
 def tiny_training(data_dir, out_dir, vocab=64, **train):
-    m = GPTConfig(vocab_size=vocab, context_length=16, emb_dim=32, n_heads=2, n_layers=2, backend="torch")
+    m = GPTConfig(vocab_size=vocab, context_length=16, emb_dim=32, n_heads=2, n_layers=2, backend="reference")
     t = TrainConfig(out_dir=str(out_dir), device="cpu", batch_size=4, max_steps=8, lr=3e-3, min_lr=3e-4)
     quiet = dict(eval_interval=4, eval_batches=2, sample_tokens=0, final_sample_tokens=0, log_interval=1, plot=False)
     t = dataclasses.replace(t, warmup_steps=2, seed=3, lr_decay_steps=8, keep_checkpoints=0, **quiet)

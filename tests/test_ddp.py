@@ -28,7 +28,7 @@ context_length = 16
 emb_dim = 32
 n_heads = 2
 n_layers = 2
-backend = "torch"
+backend = "reference"
 [data]
 dir = "{data_dir.as_posix()}"
 [train]

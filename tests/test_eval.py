@@ -49,7 +49,7 @@ def data_dir(tmp_path_factory):
 
 
 def tiny(data_dir, out_dir, **train):
-    m = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=2, backend="torch")
+    m = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=2, backend="reference")
     defaults = dict(out_dir=str(out_dir), device="cpu", batch_size=4, max_steps=6, lr=3e-3, min_lr=3e-4)
     defaults |= dict(warmup_steps=2, eval_interval=0, eval_batches=3, sample_tokens=0, final_sample_tokens=0)
     defaults |= dict(log_interval=1, plot=False, seed=3)
@@ -146,7 +146,7 @@ def test_bits_per_byte_leave_out_end_of_text_and_count_utf8_bytes():
 
     tok = GPT2Tokenizer()
     model = GPT(
-        GPTConfig(vocab_size=tok.vocab_size, context_length=16, emb_dim=16, n_heads=2, n_layers=1, backend="torch")
+        GPTConfig(vocab_size=tok.vocab_size, context_length=16, emb_dim=16, n_heads=2, n_layers=1, backend="reference")
     )
     ids = tok.encode("café au lait") + [tok.eot_id] + tok.encode(" naïve")
     x, y = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
@@ -241,7 +241,7 @@ def test_a_bad_hellaswag_file_stops_training_before_it_starts(data_dir, tmp_path
 def char_checkpoint(tmp_path):
     tok = CharTokenizer.from_text(TEXT)
     model = GPT(
-        GPTConfig(vocab_size=tok.vocab_size, context_length=16, emb_dim=16, n_heads=2, n_layers=1, backend="torch")
+        GPTConfig(vocab_size=tok.vocab_size, context_length=16, emb_dim=16, n_heads=2, n_layers=1, backend="reference")
     )
     return save_checkpoint(tmp_path / "c.pt", model_payload(model, tok))
 
@@ -333,7 +333,11 @@ def test_triton_backend_on_the_gpu_scores_like_the_reference(tmp_path):
 
     tok = CharTokenizer.from_text(TEXT)
     model = (
-        GPT(GPTConfig(vocab_size=tok.vocab_size, context_length=16, emb_dim=64, n_heads=2, n_layers=2, backend="torch"))
+        GPT(
+            GPTConfig(
+                vocab_size=tok.vocab_size, context_length=16, emb_dim=64, n_heads=2, n_layers=2, backend="reference"
+            )
+        )
         .cuda()
         .eval()
     )

@@ -42,7 +42,7 @@ def data_dir(tmp_path_factory):
 
 
 def tiny(data_dir, out_dir, model=None, **train):
-    m = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=2, backend="torch")
+    m = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=2, backend="reference")
     m = dataclasses.replace(m, **(model or {}))
     defaults = dict(
         out_dir=str(out_dir),
@@ -92,7 +92,7 @@ def test_lr_schedule():
 
 
 def test_weight_decay_groups():
-    model = GPT(GPTConfig(vocab_size=50, context_length=8, emb_dim=16, n_heads=2, n_layers=2, backend="torch"))
+    model = GPT(GPTConfig(vocab_size=50, context_length=8, emb_dim=16, n_heads=2, n_layers=2, backend="reference"))
     decay, no_decay = param_groups(model, 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
@@ -325,7 +325,7 @@ context_length = 16
 emb_dim = 32
 n_heads = 2
 n_layers = 1
-backend = "torch"
+backend = "reference"
 [data]
 dir = "{data_dir.as_posix()}"
 [train]

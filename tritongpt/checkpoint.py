@@ -109,8 +109,11 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", 
         path, ckpt = found
     else:
         ckpt = load_checkpoint(path)  # on the CPU: only the weights move to `device`, never the optimizer state
+    saved = ckpt["model_config"]
+    if saved.get("backend") == "torch":  # the reference backend's name before it took its implementation's
+        saved = {**saved, "backend": "reference"}
     try:
-        cfg = from_dict(GPTConfig, ckpt["model_config"], f" in the model config of {path}")
+        cfg = from_dict(GPTConfig, saved, f" in the model config of {path}")
         check_weights_fit(ckpt["model"], cfg, path)
         check_model_fits(cfg, device, 4, "loading it in fp32")
     except ConfigError as e:

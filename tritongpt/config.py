@@ -20,11 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tritongpt.kernels import IMPLEMENTATIONS
+
 # The presets: the repository's configs/, shipped inside the package as tritongpt/configs/ by an installed wheel.
 _SHIPPED = Path(__file__).resolve().parent / "configs"
 CONFIG_DIR = _SHIPPED if _SHIPPED.is_dir() else Path(__file__).resolve().parent.parent / "configs"
 
-Backend = Literal["auto", "torch", "native", "triton"]
+BACKENDS = ("auto", *IMPLEMENTATIONS)  # GPTConfig.backend: an implementation's name, or "auto" (tritongpt.backend)
+Backend = Literal[BACKENDS]
 NormPlacement = Literal["pre", "post"]
 
 
@@ -45,9 +48,7 @@ class GPTConfig:
     tie_weights: bool = True  # LM head shares the token embedding matrix
     norm_placement: NormPlacement = "pre"  # "pre": x + f(ln(x)) (GPT-2); "post": ln(x + f(x)) (original Transformer)
     ln_eps: float = 1e-5
-    backend: Backend = (
-        "auto"  # "torch": reference; "native": torch's fused ops; "triton": ours; "auto": see tritongpt/ops.py
-    )
+    backend: Backend = "auto"  # "reference", "native" (torch's fused ops), "triton" (ours); see tritongpt.backend
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tritongpt.backend import BACKENDS, check_backend_runs, resolve_device
 from tritongpt.data import DataError
 from tritongpt.files import OutputError, atomic_write, check_output_dir, os_error_message, silence_stdout
-from tritongpt.ops import BACKENDS, check_backend_runs, resolve_device
 from tritongpt.progress import Meter
 
 PROG = "gpt eval"

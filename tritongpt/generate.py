@@ -25,8 +25,8 @@ from collections.abc import Iterator
 
 import torch
 
+from tritongpt.backend import BACKENDS, check_backend_runs, resolve_device
 from tritongpt.model import GPT, KVCache
-from tritongpt.ops import BACKENDS, check_backend_runs, resolve_device
 
 # ---------------------------------------------------------------------------------------------------------
 # Sampling

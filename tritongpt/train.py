@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from tritongpt.backend import check_backend_runs
 from tritongpt.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -81,7 +82,6 @@ from tritongpt.flops import device_peak_flops, flops_per_token, mfu
 from tritongpt.generate import GenerationError, generate
 from tritongpt.hellaswag import evaluate_hellaswag, load_hellaswag
 from tritongpt.model import GPT, TRAINING_BYTES_PER_PARAM, check_model_fits
-from tritongpt.ops import check_backend_runs
 from tritongpt.prepare import DataConfig, load_meta
 from tritongpt.progress import ProgressLine, bar, fmt_rate, fmt_time
 from tritongpt.tokenizer import TokenizerError, tokenizer_from_dict
