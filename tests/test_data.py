@@ -83,15 +83,6 @@ def test_fixed_batches_depend_only_on_the_global_batch():
         assert torch.equal(torch.cat([ranks[0][i][0], ranks[1][i][0]]), single[i][0])
 
 
-def test_python_source_corpus():
-    from tritongpt.data import python_source_files
-
-    files = python_source_files()
-    assert len(files) > 100 and files == sorted(files)
-    assert any(f.name == "os.py" for f in files)
-    assert not any("site-packages" in f.parts for f in files)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Windows across shards
 

@@ -24,11 +24,9 @@ from tritongpt.data import (
     MAGIC,
     STATE,
     DataError,
-    markdown_to_text,
     open_split,
     open_tokens,
     read_header,
-    shakespeare_files,
     write_tokens,
 )
 from tritongpt.prepare import DataConfig, Interrupted, ShardSplit, is_val_document, main, prepare, split_point
@@ -200,21 +198,6 @@ def test_config_defaults_and_flags(tmp_path, capsys):
     assert meta["split"]["val_fraction"] == 0.5 and meta["tokenizer"]["type"] == "char"
     assert main(["--config", "demo", "--set", "data.nonsense=1"]) == 2
     assert "nonsense" in capsys.readouterr().err
-
-
-def test_markdown_plays():
-    md = (
-        "# Hamlet\n\n## ACT I\n\n_Enter BERNARDO and FRANCISCO, two sentinels_\n\n**BERNARDO**  \n"
-        "Who's there?  \nNay, answer me: stand, and unfold yourself.\n\n\n**FRANCISCO**  \n"
-        "*\\[Aside.\\]* Long live the king!\n"
-    )
-    assert markdown_to_text(md) == (
-        "Hamlet\n\nACT I\n\nEnter BERNARDO and FRANCISCO, two sentinels\n\nBERNARDO:\nWho's there?\n"
-        "Nay, answer me: stand, and unfold yourself.\n\nFRANCISCO:\n[Aside.] Long live the king!\n"
-    )
-    files = shakespeare_files()
-    assert len(files) == 38 and files == sorted(files)
-    assert all(f.suffix == ".md" for f in files)
 
 
 def test_progress_line_on_large_input(tmp_path, monkeypatch, capsys):

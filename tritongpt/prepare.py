@@ -65,25 +65,27 @@ from tritongpt.config import (
     parse_overrides,
     section,
 )
-from tritongpt.data import (
+from tritongpt.corpus import (
     CORPORA,
-    META,
     PIECE_CHARS,
-    SPLITS,
-    STATE,
-    DataError,
-    TokenWriter,
     input_files,
     input_kind,
     iter_jsonl,
     iter_parquet,
     iter_pieces,
+    python_source_files,
+    shakespeare_files,
+)
+from tritongpt.data import (
+    META,
+    SPLITS,
+    STATE,
+    DataError,
+    TokenWriter,
     load_meta,
     name_os_errors,
-    python_source_files,
     read_header,
     read_meta_file,
-    shakespeare_files,
     temp_name,
     token_dtype,
 )

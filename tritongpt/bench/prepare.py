@@ -133,7 +133,7 @@ def corpus_stats(path: Path) -> tuple[int, int]:
 
 def _documents(path: Path):
     """The corpus' texts, read as `gpt prepare` reads them (a row group at a time, no pre-buffering)."""
-    from tritongpt.data import iter_parquet
+    from tritongpt.corpus import iter_parquet
 
     for text, _ in iter_parquet(path):
         yield text
