@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tritongpt.config import GPTConfig
+from tritongpt.config import DataConfig, GPTConfig, TrainConfig
 from tritongpt.data import (
     LLMC_MAGIC,
     DataError,
@@ -21,9 +21,9 @@ from tritongpt.data import (
     token_dtype,
     write_tokens,
 )
-from tritongpt.prepare import DataConfig, prepare
+from tritongpt.prepare import prepare
 from tritongpt.tokenizer import CharTokenizer
-from tritongpt.train import TrainConfig, Trainer
+from tritongpt.train import Trainer
 
 TOKENS = np.arange(1000, dtype=np.uint16) % 97
 

@@ -10,16 +10,15 @@ import pytest
 import torch
 
 from tritongpt.checkpoint import model_payload, save_checkpoint
-from tritongpt.config import GPTConfig
+from tritongpt.config import DataConfig, GPTConfig, TrainConfig
 from tritongpt.data import open_split
 from tritongpt.eval import main
 from tritongpt.hellaswag import HellaSwagError
 from tritongpt.model import GPT
 from tritongpt.plot import loss_figure
-from tritongpt.prepare import DataConfig
 from tritongpt.prepare import main as prepare_main
 from tritongpt.tokenizer import CharTokenizer, GPT2Tokenizer
-from tritongpt.train import TrainConfig, Trainer
+from tritongpt.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

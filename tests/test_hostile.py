@@ -83,7 +83,8 @@ CKPT = "run/ckpt-00000002.pt"
 def base_world(tmp_path_factory) -> Path:
     """corpus/, data/ and data2/ (prepared, same vocabulary size, different characters), tiny.toml, run/ (a
     trained 2-step run) and hf/ (its export)."""
-    from tritongpt.prepare import DataConfig, prepare
+    from tritongpt.config import DataConfig
+    from tritongpt.prepare import prepare
 
     root = tmp_path_factory.mktemp("world")
     (root / "corpus").mkdir()

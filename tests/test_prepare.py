@@ -19,6 +19,7 @@ import pytest
 
 import tritongpt.data
 import tritongpt.prepare
+from tritongpt.config import DataConfig
 from tritongpt.data import (
     HEADER,
     MAGIC,
@@ -29,7 +30,7 @@ from tritongpt.data import (
     read_header,
     write_tokens,
 )
-from tritongpt.prepare import DataConfig, Interrupted, ShardSplit, is_val_document, main, prepare, split_point
+from tritongpt.prepare import Interrupted, ShardSplit, is_val_document, main, prepare, split_point
 from tritongpt.tokenizer import TokenizerError, tokenizer_from_dict
 
 TEXT = (

@@ -12,17 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from tritongpt.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint
-from tritongpt.config import ConfigError, GPTConfig
+from tritongpt.config import ConfigError, DataConfig, GPTConfig, TrainConfig
 from tritongpt.model import GPT
-from tritongpt.prepare import DataConfig, prepare
-from tritongpt.train import (
-    TrainConfig,
-    Trainer,
-    TrainingStopped,
-    lr_at,
-    main,
-    param_groups,
-)
+from tritongpt.prepare import prepare
+from tritongpt.train import Trainer, TrainingStopped, lr_at, main, param_groups
 
 TEXT = "".join(
     f"{who}:\nWhat {w} is this, that {v} so {a}?\nIt is the {w}, my lord, and it {v} {a}.\n\n"
@@ -370,7 +363,7 @@ def test_config_validation():
 
 
 def test_train_presets_load():
-    from tritongpt.train import load_configs
+    from tritongpt.config import load_configs
 
     m, t, d = load_configs("demo", [])
     assert m.n_layers >= 1 and d.corpus == "shakespeare" and d.tokenizer == "char" and t.max_time_s <= 300

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from tritongpt.backend import BACKENDS, check_backend_runs, resolve_device
+from tritongpt.config import TrainConfig
 from tritongpt.data import DataError
 from tritongpt.files import OutputError, atomic_write, check_output_dir, os_error_message, silence_stdout
 from tritongpt.progress import Meter
@@ -479,8 +480,6 @@ def prepare_val(args, model, tok, info) -> dict[str, Any]:
     out = {"tokenizer": data_tok, "vocab_size": vocab, "byte_lengths": byte_lengths() if byte_lengths else None}
     if args.eval_batches:
         train_cfg = info.get("train_config") or {}
-        from tritongpt.train import TrainConfig
-
         seed = args.seed if args.seed is not None else train_cfg.get("seed", TrainConfig.seed)
         size = args.eval_batch_size or train_cfg.get("batch_size", TrainConfig.batch_size) * info.get("world_size", 1)
         x, y = trainer_windows(shards, T, args.eval_batches, size, seed, f"the val split of {args.data}")

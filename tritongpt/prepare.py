@@ -58,6 +58,7 @@ import numpy as np
 from tritongpt.config import (
     KNOWN_TABLES,
     ConfigError,
+    DataConfig,
     add_set_argument,
     from_dict,
     load_toml,
@@ -98,45 +99,6 @@ CHUNK_CHARS = 1 << 20  # characters of text per tokenization task
 COMMIT_SECONDS = 60.0  # commit progress at least this often (besides at every complete shard)
 SHARD_NAME = re.compile(r"^(train|val)-(\d{6})\.bin$")
 OUR_TEMP = re.compile(r"^\.((train|val)-\d{6}\.bin|meta\.json|prepare-state\.json)\.tmp$")
-
-
-@dataclass
-class DataConfig:
-    """The `[data]` table: where the prepared corpus lives and how `gpt prepare --config` makes it."""
-
-    dir: str = "data/shakespeare-char"  # folder with meta.json and the token shards (or llm.c / nanoGPT files)
-    corpus: str = ""  # built-in corpus ("shakespeare", "python-source"); empty when `inputs` is used
-    inputs: list[str] = field(default_factory=list)  # files or folders: text, JSON Lines, Parquet
-    tokenizer: str = "char"  # "char" or "gpt2"
-    val_fraction: float = 0.1
-    errors: str = "strict"  # "strict": non-UTF-8 input is an error; "replace": bad bytes become U+FFFD
-    text_field: str = "text"  # the document's field in JSON Lines, its column in Parquet
-    shard_tokens: int = 100_000_000  # tokens per shard file
-    max_tokens: int = 0  # stop after this many tokens (train + val); 0: the whole corpus
-    hint: str = ""  # where the data comes from: said when `dir` holds no data, or `inputs` are missing
-
-    def __post_init__(self) -> None:
-        if self.corpus and self.corpus not in CORPORA:
-            raise ConfigError(f"data.corpus: unknown corpus {self.corpus!r}; choose one of {', '.join(CORPORA)}")
-        if self.tokenizer not in ("char", "gpt2"):
-            raise ConfigError(f"data.tokenizer: expected 'char' or 'gpt2', got {self.tokenizer!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.errors not in ("strict", "replace"):
-            raise ConfigError(f"data.errors: expected 'strict' or 'replace', got {self.errors!r}")
-        if not self.text_field:
-            raise ConfigError("data.text_field must not be empty")
-        if self.shard_tokens < 1:
-            raise ConfigError(f"data.shard_tokens must be >= 1, got {self.shard_tokens}")
-        if self.max_tokens < 0:
-            raise ConfigError(f"data.max_tokens must be >= 0, got {self.max_tokens}")
-
-    def missing_hint(self) -> str:
-        """How to make the data of `dir`: the preset's hint, or the `gpt prepare` command for it."""
-        if self.hint:
-            return self.hint
-        src = f"--corpus {self.corpus}" if self.corpus else "--input " + " ".join(self.inputs or ["PATH ..."])
-        return f"prepare the data first: gpt prepare {src} --tokenizer {self.tokenizer} --out {self.dir}"
 
 
 class Interrupted(Exception):

@@ -46,7 +46,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,114 +65,20 @@ from tritongpt.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from tritongpt.config import (
-    KNOWN_TABLES,
-    ConfigError,
-    GPTConfig,
-    add_set_argument,
-    check_fields,
-    load_toml,
-    merge,
-    parse_overrides,
-    section,
-)
+from tritongpt.config import ConfigError, DataConfig, GPTConfig, TrainConfig, add_set_argument, load_configs
 from tritongpt.data import DataError, WindowSampler, check_token_range, open_split, split_files
 from tritongpt.files import OutputError, atomic_write, check_output_dir, os_error_message, signals_deferred
 from tritongpt.flops import device_peak_flops, flops_per_token, mfu
 from tritongpt.generate import GenerationError, generate
 from tritongpt.hellaswag import evaluate_hellaswag, load_hellaswag
 from tritongpt.model import GPT, TRAINING_BYTES_PER_PARAM, check_model_fits
-from tritongpt.prepare import DataConfig, load_meta
+from tritongpt.prepare import load_meta
 from tritongpt.progress import ProgressLine, bar, fmt_rate, fmt_time
 from tritongpt.tokenizer import TokenizerError, tokenizer_from_dict
 
 SAVE_RETRY_WAITS_S = (10.0, 60.0)  # pauses before the 2nd and 3rd attempt at a checkpoint that failed to save
 
-Precision = Literal["auto", "fp32", "bf16"]
 FULL_SCAN_TOKENS = 1 << 28  # token ids of a split up to this size are all checked at start-up (see _check_token_ids)
-Device = Literal["auto", "cpu", "cuda"]
-
-
-@dataclass
-class TrainConfig:
-    out_dir: str = "runs/default"  # run folder: checkpoints, metrics.jsonl, loss.png
-    device: Device = "auto"  # "auto": CUDA when there is a GPU
-    seed: int = 1337
-    # batch: one optimizer step = batch_size * grad_accum * world_size windows of context_length tokens
-    batch_size: int = 32  # windows per micro-batch, per process
-    grad_accum: int = 1  # micro-batches summed into one optimizer step
-    max_steps: int = 1000
-    max_tokens: int = 0  # when > 0, sets max_steps = ceil(max_tokens / tokens per step)
-    max_time_s: float = 0.0  # when > 0, stop (evaluate, save) once training has run this long
-    # optimizer and schedule
-    lr: float = 6e-4  # peak learning rate, reached at the end of warmup
-    min_lr: float = 6e-5  # floor of the cosine decay
-    warmup_steps: int = 100
-    lr_decay_steps: int = 0  # step where the cosine reaches min_lr; 0: max_steps
-    weight_decay: float = 0.1  # on matrices only
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
-    max_bad_steps: int = 5  # stop after this many non-finite steps in a row
-    # speed
-    precision: Precision = "auto"  # "auto": bf16 autocast on CUDA (when supported), fp32 elsewhere
-    compile: bool = False  # torch.compile the model
-    num_threads: int = 0  # CPU threads for torch; 0: torch's default
-    # evaluation, samples, logging, checkpoints
-    eval_interval: int = 250  # steps between evaluations (and at the end)
-    eval_batches: int = 20  # fixed validation batches per evaluation, batch_size windows per process each
-    hellaswag: str = ""  # path to hellaswag_val.jsonl: accuracy at each evaluation (tritongpt/hellaswag.py); "": none
-    hellaswag_limit: int = 0  # only its first N examples; 0: all
-    sample_tokens: int = 200  # tokens sampled at each evaluation; 0: none
-    final_sample_tokens: int = 500  # tokens sampled and printed at the end; 0: none
-    sample_prompt: str = "\n"
-    temperature: float = 0.8
-    top_k: int = 0  # 0: sample from the whole distribution
-    log_interval: int = 10  # steps between metrics records (and progress lines when not on a terminal)
-    checkpoint_interval: int = 0  # steps between checkpoints; 0: only at the end (and on Ctrl-C)
-    keep_checkpoints: int = 3  # newest checkpoints kept; 0: all
-    plot: bool = True  # write loss.png at the end and with each checkpoint
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        for name in ("batch_size", "grad_accum", "eval_batches", "log_interval", "max_bad_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in (
-            "max_steps",
-            "max_tokens",
-            "warmup_steps",
-            "lr_decay_steps",
-            "eval_interval",
-            "checkpoint_interval",
-            "keep_checkpoints",
-            "num_threads",
-            "sample_tokens",
-            "final_sample_tokens",
-            "top_k",
-            "hellaswag_limit",
-        ):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.seed < 2**32:  # numpy's global seed takes 32 bits
-            raise ConfigError(f"train.seed must be in [0, 2**32), got {self.seed}")
-        for f in dataclasses.fields(self):  # nan passes no range check below and inf no sensible one
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"train.{f.name} must be a finite number, got {value}")
-        if self.lr < 0:
-            raise ConfigError(f"train.lr must be >= 0, got {self.lr}")
-        if not 0.0 <= self.min_lr <= self.lr:
-            raise ConfigError(f"train.min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
-        for name in ("beta1", "beta2"):  # AdamW's moment decays
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.eps <= 0:
-            raise ConfigError(f"train.eps must be > 0 (AdamW divides by sqrt(v) + eps), got {self.eps}")
-        for name in ("grad_clip", "weight_decay", "max_time_s", "temperature"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -888,16 +794,6 @@ class Trainer:
 # Command line
 
 
-def load_configs(name: str, overrides: list[str], out: str | None = None) -> tuple[GPTConfig, TrainConfig, DataConfig]:
-    raw = merge(load_toml(name), parse_overrides(overrides))
-    model_cfg = section(raw, "model", GPTConfig, KNOWN_TABLES)
-    train_cfg = section(raw, "train", TrainConfig, KNOWN_TABLES)
-    data_cfg = section(raw, "data", DataConfig, KNOWN_TABLES)
-    if out:
-        train_cfg = dataclasses.replace(train_cfg, out_dir=out)
-    return model_cfg, train_cfg, data_cfg
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpt train", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", required=True, help="preset name (configs/NAME.toml) or path")
@@ -910,7 +806,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        model_cfg, train_cfg, data_cfg = load_configs(args.config, args.set, args.out)
+        model_cfg, train_cfg, data_cfg = load_configs(args.config, args.set)
+        if args.out:
+            train_cfg = dataclasses.replace(train_cfg, out_dir=args.out)
         trainer = Trainer(model_cfg, train_cfg, data_cfg, resume=args.resume)
         code = trainer.fit()
     except TrainingStopped as e:

@@ -197,7 +197,8 @@ def run_one(provider: str, workers: int, corpus: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if provider == "ours":
         import tritongpt.prepare
-        from tritongpt.prepare import DataConfig, prepare
+        from tritongpt.config import DataConfig
+        from tritongpt.prepare import prepare
         from tritongpt.tokenizer import GPT2Tokenizer
 
         tok = GPT2Tokenizer()  # loaded before the clock starts, as the baseline's encoder is
