@@ -278,6 +278,22 @@ def test_bad_arguments_and_files_are_one_line_errors(char_checkpoint, tmp_path, 
     assert good.read_text() == "".join(json.dumps(e) + "\n" for e in HELLASWAG)  # never overwritten
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the triton backend runs here")
+def test_a_backend_that_cannot_run_here(char_checkpoint, tmp_path, capsys, monkeypatch):
+    """The rule gpt generate has too (tritongpt.checkpoint.load_model): a model's own backend that cannot run
+    here gives way to auto, with a note; a --backend that cannot run here is an error naming it."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # no GPU and no interpreter: triton cannot run
+    ckpt = torch.load(char_checkpoint, weights_only=True)
+    ckpt["model_config"]["backend"] = "triton"
+    torch.save(ckpt, char_checkpoint)
+    argv = ["--checkpoint", str(char_checkpoint), "--hellaswag", str(write_hellaswag(tmp_path / "hs.jsonl"))]
+    code, out, err = run(argv, capsys)
+    assert code == 0 and "gpt eval: note:" in err and "running backend 'auto' instead" in err
+    assert "backend auto" in out
+    code, _, err = run([*argv, "--backend", "triton"], capsys)
+    assert code == 2 and err.startswith("gpt eval: error: --backend triton: ") and len(err.splitlines()) == 1
+
+
 def test_json_is_replaced_only_with_force(char_checkpoint, tmp_path, capsys):
     good = write_hellaswag(tmp_path / "hs.jsonl")
     target = tmp_path / "out" / "new" / "eval.json"

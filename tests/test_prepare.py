@@ -609,7 +609,7 @@ def test_disk_full_is_one_line_and_resumable(corpus, tmp_path, monkeypatch, caps
 def _fail_on_meta(write_json_atomic):
     def write(path, obj):
         if path.name == "meta.json":
-            with tritongpt.prepare.name_os_errors(tritongpt.data.temp_name(path)):
+            with tritongpt.prepare.name_os_errors(tritongpt.data.partial_name(path)):
                 raise OSError(errno.ENOSPC, "No space left on device")
         return write_json_atomic(path, obj)
 

@@ -291,7 +291,7 @@ def test_late_stop_request_waits_for_the_next_agreement(data_dir, tmp_path):
     def late_request(s, *args):
         show(s, *args)
         if trainer.step == 4:
-            trainer._stop_requested = True
+            trainer.stop.requested = True
 
     trainer._show = late_request
     assert trainer.fit() == 130

@@ -132,6 +132,49 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", 
     return model.to(device).eval(), tok, ckpt
 
 
+def load_model(
+    checkpoint: str | Path | None = None,
+    hf: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    backend: str | None = None,
+    note=None,
+):
+    """(model in eval mode, tokenizer or None, what was loaded) from `checkpoint` (a file, or a run folder: its
+    newest readable checkpoint) or `hf` (a Hugging Face GPT-2 folder): `gpt generate` and `gpt eval` load this way.
+
+    `backend` (their --backend) replaces the model's own and must run on `device`: ConfigError naming --backend
+    where it cannot, before anything is read. Without it, a model whose own backend cannot run here (triton,
+    trained on a GPU) runs on "auto", the same math on torch's ops, and `note(message)` says so. Otherwise
+    CheckpointError, HFError, ConfigError or TokenizerError from the readers, naming the file.
+    """
+    from tritongpt.backend import check_backend_runs
+    from tritongpt.config import ConfigError
+
+    if backend is not None:
+        try:
+            check_backend_runs(backend, device)
+        except ValueError as e:
+            raise ConfigError(f"--backend {backend}: {e}") from None
+    if checkpoint is not None:
+        model, tok, ckpt = model_from_checkpoint(checkpoint, device, backend)
+        info = {"kind": "checkpoint", "path": str(checkpoint), "step": ckpt.get("step")}
+        info["train_config"] = ckpt.get("train_config")
+        info["world_size"] = (ckpt.get("sampler") or {}).get("world_size", 1)
+    else:
+        from tritongpt.hf import from_hf, tokenizer_for_hf
+
+        model = from_hf(hf, device=device, backend=backend or "auto")
+        tok = tokenizer_for_hf(hf)
+        info = {"kind": "hf", "path": str(hf)}
+    try:
+        check_backend_runs(model.config.backend, device)
+    except ValueError as e:
+        if note is not None:
+            note(f"{e}; running backend 'auto' instead")
+        model.set_backend("auto")
+    return model.eval(), tok, info
+
+
 LAYER_KEY = re.compile(r"^transformer\.h\.(\d+)\.")
 
 

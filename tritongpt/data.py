@@ -54,6 +54,7 @@ VERSION = 1
 HEADER = struct.Struct("<8sIIQ8x")  # magic, version, bytes per token, token count, reserved
 DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 HASH_BLOCK = 8 << 20  # bytes hashed at a time when a partial shard is reopened
+FULL_SCAN_TOKENS = 1 << 28  # token ids of a split up to this size are all checked at start-up (check_token_ids)
 
 LLMC_MAGIC = 20240520  # llm.c's GPT-2 token shards: 256 int32 header, then uint16 tokens
 LLMC_VERSION = 1
@@ -76,8 +77,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return DTYPES[2] if vocab_size < 2**16 else DTYPES[4]
 
 
-def temp_name(path: str | Path) -> Path:
-    """The hidden name a file is written under until it is complete: `dir/.name.tmp`."""
+def partial_name(path: str | Path) -> Path:
+    """The hidden name a file is written under until it is complete: `dir/.name.tmp`, the same every time, so
+    a resumed `gpt prepare` finds its unfinished files again (`tritongpt.files.temp_name` is unique per call)."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp")
 
@@ -85,7 +87,7 @@ def temp_name(path: str | Path) -> Path:
 class TokenWriter:
     """Append token arrays to a token file; the header's count is filled in when it is finished.
 
-    Written under `temp_name(path)`: `close()` finishes it and renames it into place, `finish()` only
+    Written under `partial_name(path)`: `close()` finishes it and renames it into place, `finish()` only
     finishes it (the caller renames it later), `abort()` removes it. An interrupted `gpt prepare` therefore
     never leaves a file that looks complete. `sha256` is the hash of the token bytes (everything after the
     header). `resume_count=n` reopens an unfinished temporary file, keeping its first n tokens.
@@ -97,7 +99,7 @@ class TokenWriter:
         self.dtype = np.dtype(dtype).newbyteorder("<")
         if self.dtype.itemsize not in DTYPES:
             raise DataError(f"token dtype must be uint16 or uint32, got {dtype}")
-        self.tmp = temp_name(self.path)
+        self.tmp = partial_name(self.path)
         self._sha = hashlib.sha256()
         self.count = 0
         with name_os_errors(self.tmp):
@@ -380,6 +382,28 @@ def load_meta(data_dir: str | Path, hint: str = "") -> dict:
     )
 
 
+def read_data_tokenizer(data_dir: str | Path, hint: str = ""):
+    """(what the folder holds, its tokenizer): `load_meta` and the tokenizer the data was prepared with, for
+    every reader of prepared data (training, evaluation). DataError naming meta.json for a missing or bad
+    tokenizer record, or a vocabulary size that is not the tokenizer's; `hint` says how to get missing data."""
+    from tritongpt.tokenizer import TokenizerError, tokenizer_from_dict
+
+    meta = load_meta(data_dir, hint)
+    where = Path(data_dir) / META
+    if not isinstance(meta.get("tokenizer"), dict):
+        raise DataError(f"{where} has no 'tokenizer' record: prepare the data again (gpt prepare)")
+    vocab = meta.get("vocab_size")
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+        raise DataError(f"{where}: 'vocab_size' must be a positive integer, got {vocab!r}")
+    try:
+        tok = tokenizer_from_dict(meta["tokenizer"])
+    except TokenizerError as e:
+        raise DataError(f"{where}: bad tokenizer record: {e}") from None
+    if tok.vocab_size != vocab:
+        raise DataError(f"{where}: vocab_size {vocab} does not match its tokenizer's {tok.vocab_size}")
+    return meta, tok
+
+
 def split_files(data_dir: str | Path, split: str, meta: dict | None = None) -> list[Path]:
     """The token files of one split, in order (as `open_split` reads them)."""
     if split not in SPLITS:
@@ -552,6 +576,17 @@ class SlidingWindowDataset:
 
 # ---------------------------------------------------------------------------------------------------------
 # Checks
+
+
+def check_token_ids(data_dir: str | Path, meta: dict, vocab_size: int, splits: dict[str, list[np.ndarray]]) -> None:
+    """Every token id of the `splits` ({split: arrays, as `open_split` returns them}) below `vocab_size`, file
+    by file (`check_token_range`), for splits of up to FULL_SCAN_TOKENS (a fraction of a second). Larger data
+    (FineWeb's billions of tokens) is not read whole at start-up: `WindowSampler` checks each window it reads."""
+    for split, arrays in splits.items():
+        if sum(len(a) for a in arrays) > FULL_SCAN_TOKENS:
+            continue
+        for path, tokens in zip(split_files(data_dir, split, meta), arrays, strict=True):
+            check_token_range(tokens, vocab_size, path)
 
 
 def check_token_range(tokens: np.ndarray, vocab_size: int, name: str | Path) -> None:

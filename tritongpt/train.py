@@ -40,9 +40,7 @@ import json
 import math
 import os
 import random
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,19 +64,24 @@ from tritongpt.checkpoint import (
     set_rng_state,
 )
 from tritongpt.config import ConfigError, DataConfig, GPTConfig, TrainConfig, add_set_argument, load_configs
-from tritongpt.data import DataError, WindowSampler, check_token_range, open_split, split_files
-from tritongpt.files import OutputError, atomic_write, check_output_dir, os_error_message, signals_deferred
+from tritongpt.data import DataError, WindowSampler, check_token_ids, open_split, read_data_tokenizer
+from tritongpt.files import (
+    OutputError,
+    StopRequest,
+    atomic_write,
+    check_output_dir,
+    os_error_message,
+    signals_deferred,
+    strict_json,
+)
 from tritongpt.flops import device_peak_flops, flops_per_token, mfu
 from tritongpt.generate import GenerationError, generate
 from tritongpt.hellaswag import evaluate_hellaswag, load_hellaswag
 from tritongpt.model import GPT, TRAINING_BYTES_PER_PARAM, check_model_fits
-from tritongpt.prepare import load_meta
 from tritongpt.progress import ProgressLine, bar, fmt_rate, fmt_time
-from tritongpt.tokenizer import TokenizerError, tokenizer_from_dict
+from tritongpt.tokenizer import TokenizerError
 
 SAVE_RETRY_WAITS_S = (10.0, 60.0)  # pauses before the 2nd and 3rd attempt at a checkpoint that failed to save
-
-FULL_SCAN_TOKENS = 1 << 28  # token ids of a split up to this size are all checked at start-up (see _check_token_ids)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -108,18 +111,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def strict_json(value: Any) -> Any:
-    """`value` with every non-finite float replaced by None, so `json.dumps(..., allow_nan=False)` writes
-    strict JSON (bare NaN and Infinity are not JSON; strict parsers reject them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
 
 
 def _tokenizer_name(record: Any) -> str:
@@ -196,7 +187,7 @@ class Trainer:
         self._check_where_it_runs(model_cfg.backend)
 
         # data
-        self.meta, self.tok = self._read_data_meta(data_cfg.dir, data_cfg.missing_hint())
+        self.meta, self.tok = read_data_tokenizer(data_cfg.dir, data_cfg.missing_hint())
         data_vocab = int(self.meta["vocab_size"])
         if data_vocab > model_cfg.vocab_size:
             raise ConfigError(
@@ -214,7 +205,7 @@ class Trainer:
         T = model_cfg.context_length
         d = Path(data_cfg.dir)
         train_tokens, val_tokens = open_split(d, "train"), open_split(d, "val")
-        self._check_token_ids(d, data_vocab, {"train": train_tokens, "val": val_tokens})
+        check_token_ids(d, self.meta, data_vocab, {"train": train_tokens, "val": val_tokens})
         self.sampler = WindowSampler(
             train_tokens,  # every shard, windows drawn across them
             T,
@@ -266,7 +257,7 @@ class Trainer:
             self.fwd = DDP(self.fwd, device_ids=ids)
         self.flops_per_token = flops_per_token(self.model)
         self.peak = device_peak_flops(self.device)
-        self._stop_requested = False  # set by the signal handler, on this rank only
+        self.stop = StopRequest("finishing this step, saving a checkpoint, then stopping", self.log)  # this rank's
         self._stop_agreed = False  # some rank had a stop request at the last step's all-reduce
         self._time_up = False  # set when max_time_s has passed; agreed on by all ranks in train_step
 
@@ -279,34 +270,6 @@ class Trainer:
             raise ConfigError(f"model.backend: {e}") from None
         if self.dist.master:
             check_output_dir(self.run_dir, "train.out_dir")
-
-    def _read_data_meta(self, data_dir: str, hint: str = "") -> tuple[dict[str, Any], Any]:
-        """What the data folder holds (`tritongpt.data.load_meta`) and its tokenizer; DataError naming the file for a
-        missing or bad tokenizer record or vocabulary size; `hint` says how to get data that is missing."""
-        meta = load_meta(data_dir, hint)
-        where = Path(data_dir) / "meta.json"
-        if not isinstance(meta.get("tokenizer"), dict):
-            raise DataError(f"{where} has no 'tokenizer' record: prepare the data again (gpt prepare)")
-        vocab = meta.get("vocab_size")
-        if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
-            raise DataError(f"{where}: 'vocab_size' must be a positive integer, got {vocab!r}")
-        try:
-            tok = tokenizer_from_dict(meta["tokenizer"])
-        except TokenizerError as e:
-            raise DataError(f"{where}: bad tokenizer record: {e}") from None
-        if tok.vocab_size != vocab:
-            raise DataError(f"{where}: vocab_size {vocab} does not match its tokenizer's {tok.vocab_size}")
-        return meta, tok
-
-    def _check_token_ids(self, data_dir: Path, vocab_size: int, splits: dict[str, list[np.ndarray]]) -> None:
-        """Every token id below the vocabulary, file by file, before anything on disk is touched -- for data up
-        to FULL_SCAN_TOKENS per split (a fraction of a second). Larger data (FineWeb's billions of tokens) is
-        not read whole at start-up: the samplers check each window as they read it, naming the split."""
-        for split, arrays in splits.items():
-            if sum(len(a) for a in arrays) > FULL_SCAN_TOKENS:
-                continue
-            for path, tokens in zip(split_files(data_dir, split, self.meta), arrays, strict=True):
-                check_token_range(tokens, vocab_size, path)
 
     def _check_same_tokenizer(self, path: Path, ckpt: dict[str, Any]) -> None:
         """--resume: the prepared data must use the tokenizer the checkpoint was trained with."""
@@ -489,7 +452,7 @@ class Trainer:
             group["lr"] = lr
         loss = self.accumulate_gradients(step)
         # one all-reduce for the logged loss and the stop request, so every rank decides the same way
-        requests = torch.tensor([float(self._stop_requested), float(self._time_up)], device=self.device)
+        requests = torch.tensor([float(self.stop.requested), float(self._time_up)], device=self.device)
         flags = torch.cat([loss.reshape(1), requests])
         if self.dist.enabled:
             dist.all_reduce(flags)
@@ -657,15 +620,6 @@ class Trainer:
                 self.log(f"warning: loss.png not written: {os_error_message(e)}")
 
     # ------------------------------------------------------------------ the loop
-    def _on_signal(self, signum, frame) -> None:
-        if self._stop_requested:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self._stop_requested = True
-        self.log(
-            f"{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping "
-            "(again to quit at once)"
-        )
-
     def fit(self) -> int:
         """Train to max_steps (or the time budget): 0 when done, 130 after Ctrl-C (saved). TrainingStopped when
         the run diverged (too many bad steps, a non-finite validation loss), CheckpointError when a checkpoint
@@ -683,10 +637,7 @@ class Trainer:
             f"({self.precision}, {self.dist.world_size} process{'es' if self.dist.enabled else ''}); "
             f"{self.tokens_per_step:,} tokens/step, steps {self.step} -> {self.max_steps}"
         )
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                handlers[sig] = signal.signal(sig, self._on_signal)
+        self.stop.__enter__()
         t_start = time.perf_counter()
         step0, tokens_seen, window_t, window_tokens = self.step, 0, time.perf_counter(), 0
         try:
@@ -766,8 +717,7 @@ class Trainer:
         except OSError as e:  # the run folder stopped taking files (a full disk): say where the good checkpoint is
             raise OutputError(f"cannot write {os_error_message(e)}. {self._last_good_note()}") from e
         finally:
-            for sig, h in handlers.items():
-                signal.signal(sig, h)
+            self.stop.__exit__()
         return 0
 
     def _memory(self) -> dict[str, float]:
