@@ -233,7 +233,7 @@ def disk_full(failures: int = 10**9, kind: str = "oserror") -> Callable[[Env], N
     between save attempts."""
 
     def setup(env: Env) -> None:
-        import tritongpt.train
+        import tritongpt.checkpoint
 
         real_save, calls = torch.save, []
 
@@ -247,7 +247,7 @@ def disk_full(failures: int = 10**9, kind: str = "oserror") -> Callable[[Env], N
             raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file")
 
         env.monkeypatch.setattr(torch, "save", save)
-        env.monkeypatch.setattr(tritongpt.train, "SAVE_RETRY_WAITS_S", (0.0, 0.0))
+        env.monkeypatch.setattr(tritongpt.checkpoint, "SAVE_RETRY_WAITS_S", (0.0, 0.0))
 
     return setup
 

@@ -286,14 +286,14 @@ def test_late_stop_request_waits_for_the_next_agreement(data_dir, tmp_path):
     """A request landing after a step's all-reduce (on one DDP rank, say) is acted on after the next step, so
     every rank stops together instead of one saving while the others train on."""
     trainer = Trainer(*tiny(data_dir, tmp_path), verbose=False)
-    show = trainer._show
+    step_done = trainer.metrics.step
 
-    def late_request(s, *args):
-        show(s, *args)
+    def late_request(s):
+        step_done(s)
         if trainer.step == 4:
             trainer.stop.requested = True
 
-    trainer._show = late_request
+    trainer.metrics.step = late_request
     assert trainer.fit() == 130
     assert [s for s, _ in list_checkpoints(tmp_path)] == [5]
 
