@@ -201,7 +201,7 @@ class TextStream:
 
 
 class ArgumentError(ValueError):
-    """A prompt, device or backend that cannot be used here; the message names the argument and says why."""
+    """A prompt or device that cannot be used here; the message names the argument and says why."""
 
 
 def _load(args, device: torch.device):
