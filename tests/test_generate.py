@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed: int = 0, **kw) -> GPT:
-    base = dict(vocab_size=61, context_length=64, emb_dim=64, n_heads=4, n_layers=2, backend="torch")
+    base = dict(vocab_size=61, context_length=64, emb_dim=64, n_heads=4, n_layers=2, backend="reference")
     torch.manual_seed(seed)
     model = GPT(GPTConfig(**{**base, **kw})).to(DEVICE).eval()
     with torch.no_grad():  # larger weights than GPT-2's init: peaked, well-separated logits, no argmax ties
@@ -129,7 +129,7 @@ def test_cache_arguments_are_checked():
         model(idx, kv_cache=KVCache(model.config, 1, DEVICE), start_pos=62)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_greedy_with_and_without_cache_agree_for_50_steps(backend):
     """Cached greedy decoding against re-encoding the whole sequence at every step.
 

@@ -54,7 +54,7 @@ TEXT = "".join(
 OTHER_TEXT = TEXT.replace("w", "Q")  # as many distinct characters, one different: another tokenizer of that size
 assert "Q" not in TEXT
 
-MODEL = dict(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=1, backend="torch")
+MODEL = dict(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=1, backend="reference")
 TRAIN_CONFIG = dict(
     out_dir="run",
     device="cpu",
@@ -83,7 +83,8 @@ CKPT = "run/ckpt-00000002.pt"
 def base_world(tmp_path_factory) -> Path:
     """corpus/, data/ and data2/ (prepared, same vocabulary size, different characters), tiny.toml, run/ (a
     trained 2-step run) and hf/ (its export)."""
-    from tritongpt.prepare import DataConfig, prepare
+    from tritongpt.config import DataConfig
+    from tritongpt.prepare import prepare
 
     root = tmp_path_factory.mktemp("world")
     (root / "corpus").mkdir()
@@ -232,7 +233,7 @@ def disk_full(failures: int = 10**9, kind: str = "oserror") -> Callable[[Env], N
     between save attempts."""
 
     def setup(env: Env) -> None:
-        import tritongpt.train
+        import tritongpt.checkpoint
 
         real_save, calls = torch.save, []
 
@@ -246,7 +247,7 @@ def disk_full(failures: int = 10**9, kind: str = "oserror") -> Callable[[Env], N
             raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file")
 
         env.monkeypatch.setattr(torch, "save", save)
-        env.monkeypatch.setattr(tritongpt.train, "SAVE_RETRY_WAITS_S", (0.0, 0.0))
+        env.monkeypatch.setattr(tritongpt.checkpoint, "SAVE_RETRY_WAITS_S", (0.0, 0.0))
 
     return setup
 
@@ -331,7 +332,7 @@ def exported_char_model(world: Path, r: Result) -> None:
     from tritongpt.hf import from_hf, tokenizer_for_hf
 
     assert tokenizer_for_hf(world / "hf").name == "char"
-    assert from_hf(world / "hf", backend="torch").config.n_layers == 1
+    assert from_hf(world / "hf", backend="reference").config.n_layers == 1
 
 
 TRAIN = ["train", "--config", "tiny.toml"]

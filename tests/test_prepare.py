@@ -19,19 +19,18 @@ import pytest
 
 import tritongpt.data
 import tritongpt.prepare
+from tritongpt.config import DataConfig
 from tritongpt.data import (
     HEADER,
     MAGIC,
     STATE,
     DataError,
-    markdown_to_text,
     open_split,
     open_tokens,
     read_header,
-    shakespeare_files,
     write_tokens,
 )
-from tritongpt.prepare import DataConfig, Interrupted, ShardSplit, is_val_document, main, prepare, split_point
+from tritongpt.prepare import Interrupted, ShardSplit, is_val_document, main, prepare, split_point
 from tritongpt.tokenizer import TokenizerError, tokenizer_from_dict
 
 TEXT = (
@@ -200,21 +199,6 @@ def test_config_defaults_and_flags(tmp_path, capsys):
     assert meta["split"]["val_fraction"] == 0.5 and meta["tokenizer"]["type"] == "char"
     assert main(["--config", "demo", "--set", "data.nonsense=1"]) == 2
     assert "nonsense" in capsys.readouterr().err
-
-
-def test_markdown_plays():
-    md = (
-        "# Hamlet\n\n## ACT I\n\n_Enter BERNARDO and FRANCISCO, two sentinels_\n\n**BERNARDO**  \n"
-        "Who's there?  \nNay, answer me: stand, and unfold yourself.\n\n\n**FRANCISCO**  \n"
-        "*\\[Aside.\\]* Long live the king!\n"
-    )
-    assert markdown_to_text(md) == (
-        "Hamlet\n\nACT I\n\nEnter BERNARDO and FRANCISCO, two sentinels\n\nBERNARDO:\nWho's there?\n"
-        "Nay, answer me: stand, and unfold yourself.\n\nFRANCISCO:\n[Aside.] Long live the king!\n"
-    )
-    files = shakespeare_files()
-    assert len(files) == 38 and files == sorted(files)
-    assert all(f.suffix == ".md" for f in files)
 
 
 def test_progress_line_on_large_input(tmp_path, monkeypatch, capsys):
@@ -625,7 +609,7 @@ def test_disk_full_is_one_line_and_resumable(corpus, tmp_path, monkeypatch, caps
 def _fail_on_meta(write_json_atomic):
     def write(path, obj):
         if path.name == "meta.json":
-            with tritongpt.prepare.name_os_errors(tritongpt.data.temp_name(path)):
+            with tritongpt.prepare.name_os_errors(tritongpt.data.partial_name(path)):
                 raise OSError(errno.ENOSPC, "No space left on device")
         return write_json_atomic(path, obj)
 

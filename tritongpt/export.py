@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from tritongpt.hf import HFError, to_hf
 
     try:
-        model, tok, _ = model_from_checkpoint(args.checkpoint, "cpu", "torch")
+        model, tok, _ = model_from_checkpoint(args.checkpoint, "cpu", "reference")
         out = to_hf(model, args.hf, tok, force=args.force)
     except (CheckpointError, HFError) as e:
         ap.exit(2, f"gpt export: error: {e}\n")

@@ -1,11 +1,14 @@
 """Writing outputs without losing anything: atomic replacement, the umask's file modes, writability probes,
-and OS errors as one line.
+strict JSON, OS errors as one line, and Ctrl-C that lets the work in hand finish.
 
     atomic_write("runs/x/ckpt-00000010.pt", lambda f: torch.save(state, f))   # temp name, fsync, rename
     check_output_dir("runs/x", "train.out_dir")    # OutputError now, rather than after an hour of training
     with signals_deferred():                       # Ctrl-C / SIGTERM wait until a group of renames is done
         ...
-    os_error_message(e)                            # "runs/x/metrics.jsonl: No space left on device"
+    with StopRequest("saving after this step", log) as stop:   # 1st Ctrl-C: stop.requested; 2nd: quit
+        ...
+    os_error_message(e)                            # "runs/x/metrics.jsonl: no space left on the device"
+    json.dumps(strict_json(record), allow_nan=False)   # NaN and Infinity written as null
 
 Every file is first written under a hidden temporary name in its final folder (`.NAME.PID.RANDOM.tmp`), flushed
 and fsync'd, then renamed over the target: a crash, a full disk or Ctrl-C leaves the previous file whole and
@@ -16,6 +19,8 @@ like any other output, not the 0600 of `tempfile.mkstemp`.
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
 import os
 import secrets
 import signal
@@ -24,7 +29,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 
 class OutputError(OSError):
@@ -33,10 +38,23 @@ class OutputError(OSError):
 
 
 def os_error_message(e: OSError) -> str:
-    """One line naming the file and the reason: `out/model.safetensors: No space left on device`."""
+    """One line naming the file and the reason: `out/model.safetensors: no space left on the device`."""
     if isinstance(e, OutputError) or not e.strerror:
         return str(e).splitlines()[0] if str(e) else type(e).__name__
-    return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    reason = "no space left on the device" if e.errno == errno.ENOSPC else e.strerror
+    return f"{e.filename}: {reason}" if e.filename else reason
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None, so `json.dumps(..., allow_nan=False)` writes
+    strict JSON (bare NaN and Infinity are not JSON; strict parsers reject them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def default_file_mode() -> int:
@@ -130,6 +148,35 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class StopRequest:
+    """Ctrl-C and SIGTERM while the block runs, in two stages: the first sets `requested` (and says, through
+    `log`, "SIGINT: <what happens now> (again to quit at once)"), so the work in hand can finish and be saved;
+    the second raises KeyboardInterrupt. The previous handlers come back when the block ends. Outside the main
+    thread: no effect (`requested` stays as it is)."""
+
+    def __init__(self, what: str, log: Callable[[str], None]) -> None:
+        self.what, self.log = what, log
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.log(f"{signal.Signals(signum).name}: {self.what} (again to quit at once)")
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
 
 def silence_stdout() -> None:

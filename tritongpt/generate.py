@@ -25,8 +25,8 @@ from collections.abc import Iterator
 
 import torch
 
+from tritongpt.backend import BACKENDS, resolve_device
 from tritongpt.model import GPT, KVCache
-from tritongpt.ops import BACKENDS, check_backend_runs, resolve_device
 
 # ---------------------------------------------------------------------------------------------------------
 # Sampling
@@ -201,33 +201,22 @@ class TextStream:
 
 
 class ArgumentError(ValueError):
-    """A prompt, device or backend that cannot be used here; the message names the argument and says why."""
+    """A prompt or device that cannot be used here; the message names the argument and says why."""
 
 
 def _load(args, device: torch.device):
-    """(model, tokenizer) from --checkpoint or --hf on `device`. Without --backend, a checkpoint's backend
-    that cannot run here (triton, trained on a GPU) gives way to "auto": the same math on torch's ops."""
-    from tritongpt.checkpoint import CheckpointError, model_from_checkpoint
-    from tritongpt.hf import from_hf, tokenizer_for_hf
+    """(model, tokenizer) from --checkpoint or --hf on `device`, by `tritongpt.checkpoint.load_model`'s rule
+    for --backend."""
+    from tritongpt.checkpoint import CheckpointError, load_model
 
-    if args.backend is not None:
-        try:
-            check_backend_runs(args.backend, device)
-        except ValueError as e:
-            raise ArgumentError(f"--backend {args.backend}: {e}") from None
-    if args.checkpoint:
-        model, tok, _ = model_from_checkpoint(args.checkpoint, device, args.backend)
-        if tok is None:
-            raise CheckpointError(f"{args.checkpoint} has no tokenizer record, so prompts cannot be encoded")
-    else:
-        model = from_hf(args.hf, device=device, backend=args.backend or "auto")
-        tok = tokenizer_for_hf(args.hf)
-    try:
-        check_backend_runs(model.config.backend, device)
-    except ValueError as e:
-        print(f"gpt generate: note: {e}; running backend 'auto' instead", file=sys.stderr)
-        model.set_backend("auto")
-    return model.eval(), tok
+    model, tok, _ = load_model(args.checkpoint, args.hf, device, args.backend, note=_note)
+    if tok is None:
+        raise CheckpointError(f"{args.checkpoint} has no tokenizer record, so prompts cannot be encoded")
+    return model, tok
+
+
+def _note(message: str) -> None:
+    print(f"gpt generate: note: {message}", file=sys.stderr)
 
 
 def _read_prompt(prompt: str) -> str:

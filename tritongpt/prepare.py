@@ -37,15 +37,12 @@ refuses unless `--force`.
 from __future__ import annotations
 
 import argparse
-import errno
 import hashlib
 import json
 import math
 import os
 import re
-import signal
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -58,6 +55,7 @@ import numpy as np
 from tritongpt.config import (
     KNOWN_TABLES,
     ConfigError,
+    DataConfig,
     add_set_argument,
     from_dict,
     load_toml,
@@ -65,28 +63,31 @@ from tritongpt.config import (
     parse_overrides,
     section,
 )
-from tritongpt.data import (
+from tritongpt.corpus import (
     CORPORA,
-    META,
     PIECE_CHARS,
-    SPLITS,
-    STATE,
-    DataError,
-    TokenWriter,
     input_files,
     input_kind,
     iter_jsonl,
     iter_parquet,
     iter_pieces,
+    python_source_files,
+    shakespeare_files,
+)
+from tritongpt.data import (
+    META,
+    SPLITS,
+    STATE,
+    DataError,
+    TokenWriter,
     load_meta,
     name_os_errors,
-    python_source_files,
+    partial_name,
     read_header,
     read_meta_file,
-    shakespeare_files,
-    temp_name,
     token_dtype,
 )
+from tritongpt.files import StopRequest, os_error_message, silence_stdout
 from tritongpt.progress import Meter, fmt_rate
 from tritongpt.tokenizer import CharTokenizer, GPT2Tokenizer, TokenizerError, get_tokenizer, tokenizer_from_dict
 
@@ -96,45 +97,6 @@ CHUNK_CHARS = 1 << 20  # characters of text per tokenization task
 COMMIT_SECONDS = 60.0  # commit progress at least this often (besides at every complete shard)
 SHARD_NAME = re.compile(r"^(train|val)-(\d{6})\.bin$")
 OUR_TEMP = re.compile(r"^\.((train|val)-\d{6}\.bin|meta\.json|prepare-state\.json)\.tmp$")
-
-
-@dataclass
-class DataConfig:
-    """The `[data]` table: where the prepared corpus lives and how `gpt prepare --config` makes it."""
-
-    dir: str = "data/shakespeare-char"  # folder with meta.json and the token shards (or llm.c / nanoGPT files)
-    corpus: str = ""  # built-in corpus ("shakespeare", "python-source"); empty when `inputs` is used
-    inputs: list[str] = field(default_factory=list)  # files or folders: text, JSON Lines, Parquet
-    tokenizer: str = "char"  # "char" or "gpt2"
-    val_fraction: float = 0.1
-    errors: str = "strict"  # "strict": non-UTF-8 input is an error; "replace": bad bytes become U+FFFD
-    text_field: str = "text"  # the document's field in JSON Lines, its column in Parquet
-    shard_tokens: int = 100_000_000  # tokens per shard file
-    max_tokens: int = 0  # stop after this many tokens (train + val); 0: the whole corpus
-    hint: str = ""  # where the data comes from: said when `dir` holds no data, or `inputs` are missing
-
-    def __post_init__(self) -> None:
-        if self.corpus and self.corpus not in CORPORA:
-            raise ConfigError(f"data.corpus: unknown corpus {self.corpus!r}; choose one of {', '.join(CORPORA)}")
-        if self.tokenizer not in ("char", "gpt2"):
-            raise ConfigError(f"data.tokenizer: expected 'char' or 'gpt2', got {self.tokenizer!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.errors not in ("strict", "replace"):
-            raise ConfigError(f"data.errors: expected 'strict' or 'replace', got {self.errors!r}")
-        if not self.text_field:
-            raise ConfigError("data.text_field must not be empty")
-        if self.shard_tokens < 1:
-            raise ConfigError(f"data.shard_tokens must be >= 1, got {self.shard_tokens}")
-        if self.max_tokens < 0:
-            raise ConfigError(f"data.max_tokens must be >= 0, got {self.max_tokens}")
-
-    def missing_hint(self) -> str:
-        """How to make the data of `dir`: the preset's hint, or the `gpt prepare` command for it."""
-        if self.hint:
-            return self.hint
-        src = f"--corpus {self.corpus}" if self.corpus else "--input " + " ".join(self.inputs or ["PATH ..."])
-        return f"prepare the data first: gpt prepare {src} --tokenizer {self.tokenizer} --out {self.dir}"
 
 
 class Interrupted(Exception):
@@ -436,7 +398,7 @@ class ShardSplit:
         for rec in self.pending:
             path = self.out / rec["file"]
             with name_os_errors(path):
-                os.replace(temp_name(path), path)
+                os.replace(partial_name(path), path)
         self.complete += self.pending
         self.pending = []
 
@@ -454,7 +416,7 @@ def write_json_atomic(path: Path, obj: dict) -> None:
 
     Not `tritongpt.files.atomic_write`: the temporary name here is the fixed `.name.tmp` that `OUR_TEMP` recognises,
     so one left by a killed run is known as ours (and cleaned up) rather than taken for a user's file."""
-    tmp = temp_name(path)
+    tmp = partial_name(path)
     try:
         with name_os_errors(tmp), open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
@@ -617,9 +579,9 @@ def _recover_complete(out: Path, state: dict) -> None:
     for split in SPLITS:
         for rec in state["shards"][split]:
             path = out / rec["file"]
-            if not path.is_file() and temp_name(path).is_file():
+            if not path.is_file() and partial_name(path).is_file():
                 with name_os_errors(path):
-                    os.replace(temp_name(path), path)
+                    os.replace(partial_name(path), path)
             if not path.is_file():
                 raise DataError(f"{path} is missing but {out / STATE} lists it as complete; --force starts over")
             _, count = read_header(path)
@@ -637,29 +599,6 @@ def default_workers() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-class _Stop:
-    """SIGINT / SIGTERM during the run: the first asks for a stop after the current chunk, the second quits."""
-
-    def __init__(self, log) -> None:
-        self.requested, self.log, self.old = False, log, {}
-
-    def __enter__(self) -> _Stop:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def _handler(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.log(f"{signal.Signals(signum).name}: saving progress after the current chunk (again to quit at once)")
-
-    def __exit__(self, *exc) -> None:
-        for sig, h in self.old.items():
-            signal.signal(sig, h)
 
 
 def prepare(
@@ -704,7 +643,7 @@ def prepare(
     try:
         if state is not None:
             _recover_complete(out, state)
-            partial_names = {temp_name(out / shard_name(s, len(state["shards"][s]))).name for s in SPLITS}
+            partial_names = {partial_name(out / shard_name(s, len(state["shards"][s]))).name for s in SPLITS}
             remove_our_temps(out, keep={n for n in partial_names if (out / n).is_file()} | {STATE})
             run.open(state["shards"], state["partial"], state["position"], state.get("bytes_done", 0.0))
             say(f"resuming {out}: {_progress_text(state)}")
@@ -715,7 +654,7 @@ def prepare(
                 (out / name).unlink(missing_ok=True)
             run.open({s: [] for s in SPLITS}, {s: 0 for s in SPLITS}, None, 0.0)
         show = not quiet and total_bytes >= PROGRESS_MIN_BYTES
-        with _Stop(say) as stop:
+        with StopRequest("saving progress after the current chunk", say) as stop:
             run.loop(workers, stop, Meter(total_bytes, f"prepare {out.name}", "MB", enabled=show, scale=1e-6))
         meta = run.finish(source, total_bytes)
     except Interrupted:
@@ -726,18 +665,13 @@ def prepare(
         if created and not any(out.iterdir()):
             out.rmdir()  # a folder this run made and left empty
         if isinstance(e, OSError):
-            raise DataError(describe_os_error(e) + run.kept()) from None
+            raise DataError(os_error_message(e) + run.kept()) from None
         if isinstance(e, (DataError, TokenizerError)):
             raise DataError(f"{e}{run.kept()}") from None
         if isinstance(e, KeyboardInterrupt):
             raise KeyboardInterrupt(run.kept().lstrip("; ")) from None
         raise
     return meta
-
-
-def describe_os_error(e: OSError) -> str:
-    what = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-    return f"{e.filename}: {what}" if e.filename else what
 
 
 class _Run:
@@ -762,7 +696,7 @@ class _Run:
     def tokens(self) -> int:
         return sum(s.total for s in self.splits)
 
-    def loop(self, workers: int, stop: _Stop, meter: Meter) -> None:
+    def loop(self, workers: int, stop: StopRequest, meter: Meter) -> None:
         """Read, tokenize (in `workers` threads, in order) and write until the corpus or max_tokens ends."""
         encode, sep = token_encoder(self.tok), separator(self.tok)
         meter.skip(self.bytes_done)
@@ -805,7 +739,7 @@ class _Run:
         self._last_bytes = chunk.nbytes
         return bool(limit) and self.tokens >= limit
 
-    def _after_write(self, stop: _Stop, meter: Meter, start_tokens: int, last_commit: float) -> float:
+    def _after_write(self, stop: StopRequest, meter: Meter, start_tokens: int, last_commit: float) -> float:
         elapsed = max(meter.elapsed, 1e-9)
         meter.update(self._last_bytes, f", {fmt_rate((self.tokens - start_tokens) / elapsed)} tokens/s")
         now = time.monotonic()
@@ -905,8 +839,8 @@ class _Run:
         try:
             if self.committed and (self.out / STATE).is_file():
                 state = read_state(self.out / STATE)
-                keep = {temp_name(self.out / shard_name(s, len(state["shards"][s]))).name for s in SPLITS}
-                keep |= {temp_name(self.out / r["file"]).name for s in SPLITS for r in state["shards"][s]}
+                keep = {partial_name(self.out / shard_name(s, len(state["shards"][s]))).name for s in SPLITS}
+                keep |= {partial_name(self.out / r["file"]).name for s in SPLITS for r in state["shards"][s]}
                 remove_our_temps(self.out, keep=keep)
             elif self.out.is_dir():
                 remove_our_temps(self.out)
@@ -975,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpt prepare: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"gpt prepare: error: {describe_os_error(e)}", file=sys.stderr)
+        print(f"gpt prepare: error: {os_error_message(e)}", file=sys.stderr)
         return 2
     except Interrupted as e:
         print(f"gpt prepare: interrupted: {e}", file=sys.stderr)
@@ -993,17 +927,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
         sys.stdout.flush()
     except (BrokenPipeError, ValueError):  # nobody reads stdout any more: the work is done all the same
-        _silence_stdout()
+        silence_stdout()
     return 0
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush does not raise again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     gpt verify                      full grid on the GPU (fp16, bf16, fp32)
     gpt verify --quick              small shapes, fp32 and fp16, on the CPU through Triton's interpreter
     gpt verify --quick --ops gelu,layer_norm
-    gpt verify --impl native        torch's own ops (F.layer_norm, F.gelu, SDPA) under the same rule
+    gpt verify --backend native     torch's own ops (F.layer_norm, F.gelu, SDPA) under the same rule
 
 The rule, per output and per input gradient: against a higher-precision reference (fp64 for fp32 inputs,
 fp32 for fp16/bf16), the kernel's max error must be at most 2x the same-precision reference's max error for
@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from tritongpt.kernels import IMPLEMENTATIONS, OPS
 
 OUTPUT_FACTOR = 2.0  # kernel error <= 2x the same-precision reference's error, for outputs
 GRAD_FACTOR = 3.0  # ... and 3x for input gradients
@@ -177,9 +179,6 @@ class Case:
     grad_names: tuple[str, ...]
 
 
-OPS = ("layer_norm", "add_layer_norm", "gelu", "bias_gelu", "attention", "linear_cross_entropy")  # kernels.OPS
-
-
 def _shape_str(shape: Iterable[int]) -> str:
     return "x".join(str(s) for s in shape)
 
@@ -281,9 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small shapes, fp32/fp16, CPU through Triton's interpreter")
     ap.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--impl", choices=("triton", "native"), default="triton", help="implementation checked against the reference"
-    )
+    checked = [name for name in IMPLEMENTATIONS if name != "reference"]
+    ap.add_argument("--backend", choices=checked, default="triton", help="implementation checked against the reference")
     args = ap.parse_args(argv)
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     if not ops:
@@ -305,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu" if quick else "cuda")
     dtypes = [torch.float32, torch.float16] if quick else [torch.float16, torch.bfloat16, torch.float32]
 
-    print(f"gpt verify: {args.impl} vs reference, "
+    print(f"gpt verify: {args.backend} vs reference, "
           f"{'quick, CPU (Triton interpreter)' if quick else torch.cuda.get_device_name(device)}, "
           f"torch {torch.__version__}, seed {args.seed}")  # fmt: skip
     print(HEADER)
@@ -314,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     previous_poison = common.POISON_OUTPUTS
     try:
         for op in ops:
-            kernel, reference, unavailable = resolve(op, args.impl)
+            kernel, reference, unavailable = resolve(op, args.backend)
             if kernel is None:  # a missing implementation is a failure, never a silent pass
                 n_failed += 1
                 print(f"{op:<20} {'-':<16} {'-':<5} {'-':<9} {'':>10} {'':>10} {'':>7}  FAIL: {unavailable}")

@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 
 from tritongpt.bench import RESULTS_DIR
+from tritongpt.kernels import OPS  # imports no torch, so --help needs none
 
 # The names tritongpt.bench.ops and tritongpt.bench.train_step define, repeated so that --help needs no torch import.
-OPS = ("attention", "layer_norm", "add_layer_norm", "bias_gelu", "gelu", "linear_cross_entropy")
 ALL = OPS + ("train_step",)
 PROVIDERS = ("triton", "reference", "native", "compile", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math")
 TRAIN_PROVIDERS = ("native+compile", "triton+compile", "triton", "native", "reference")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tritongpt.bench import anchors
 from tritongpt.files import atomic_write
+from tritongpt.kernels import OPS
 
 COLUMNS = ("op", "provider", "mode", "shape", "dtype", "method", "metric", "value", "gpu", "torch", "triton", "date")
 OPTIONAL = {"method": ""}  # columns older files lack, with the value they read as
@@ -57,8 +58,6 @@ COLORS = {
     "sdpa-efficient": "C6",
     "sdpa-math": "C8",
 }
-# tritongpt.bench.ops.OPS
-OPS = ("attention", "layer_norm", "add_layer_norm", "bias_gelu", "gelu", "linear_cross_entropy")
 MODES_ORDER = ("fwd", "bwd", "fwd+bwd", "fwd+bwd+opt")
 PRIMARY_METHODS = ("do_bench", "perf_counter", "")  # the per-call timers, in order of preference
 
