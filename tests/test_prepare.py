@@ -30,6 +30,7 @@ from tritongpt.data import (
     read_header,
     write_tokens,
 )
+from tritongpt.files import LOCK_NAME
 from tritongpt.prepare import Interrupted, ShardSplit, is_val_document, main, prepare, split_point
 from tritongpt.tokenizer import TokenizerError, tokenizer_from_dict
 
@@ -407,7 +408,8 @@ def stop_at_write(monkeypatch, k, action):
 
 
 def assert_nothing_looks_complete(out: Path) -> None:
-    """No meta.json; every visible file is a whole shard the state lists; hidden files are ours."""
+    """No meta.json; every visible file is a whole shard the state lists; hidden files are ours (a killed run
+    leaves its lock file, which blocks nobody)."""
     assert not (out / "meta.json").exists()
     state = json.loads((out / STATE).read_text())
     listed = {r["file"]: r["tokens"] for s in ("train", "val") for r in state["shards"][s]}
@@ -415,7 +417,7 @@ def assert_nothing_looks_complete(out: Path) -> None:
         assert name in listed, name
         assert read_header(out / name)[1] == listed[name]
     hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
-    assert all(h == STATE or h.endswith(".bin.tmp") for h in hidden), hidden
+    assert all(h in (STATE, LOCK_NAME) or h.endswith(".bin.tmp") for h in hidden), hidden
 
 
 @pytest.mark.parametrize("how", ["sigterm", "second-ctrl-c", "killed"])
@@ -522,7 +524,7 @@ def test_output_folder_rules(corpus, tmp_path, capsys, bpe):
 
     (corpus / "d.txt").write_text(TEXT + "more\n", encoding="utf-8")  # changed inputs: prepared again
     assert main(args) == 0
-    assert "replacing" in capsys.readouterr().err and folder(out) != before
+    assert "replaced the earlier" in capsys.readouterr().err and folder(out) != before
 
     assert main([*args, "--shard-tokens", "100000", "--force"]) == 0  # --force replaces; stale shards go
     assert visible(out) == ["meta.json", "train-000000.bin", "val-000000.bin"]
