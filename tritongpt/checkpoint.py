@@ -52,12 +52,13 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         return atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **payload}, f))
     except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as a RuntimeError
-        raise CheckpointError(f"cannot write checkpoint {path}: {_first_line(e)}{_free_space(path)}") from e
+        space = _free_space(path) if isinstance(e, RuntimeError) else ""
+        raise CheckpointError(f"cannot write checkpoint {path}: {_first_line(e)}{space}") from e
 
 
 def _free_space(path: Path) -> str:
-    """ " (12.3 MB free on its disk)", for a write that failed: torch's zip writer says "unexpected pos" where the
-    disk was full."""
+    """ " (12.3 MB free on its disk)", for a write that torch's zip writer reports as a RuntimeError: it says
+    "unexpected pos" where the disk was full."""
     try:
         free = shutil.disk_usage(path.parent).free
     except OSError:
