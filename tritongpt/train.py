@@ -577,5 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # torchrun -m tritongpt.train: through the dispatcher's rules for Ctrl-C and stdout
+    from tritongpt.cli import main as gpt
+
+    sys.exit(gpt(["train", *sys.argv[1:]]))
