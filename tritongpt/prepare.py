@@ -5,6 +5,7 @@
     gpt prepare --input notes/ book.txt dump.jsonl --tokenizer gpt2 --out data/mine --text-field content
     gpt prepare --config train-gpt2-124m --max-tokens 100000000   # a 100M-token sample
     gpt prepare --config train-gpt2-124m --resume                  # continue an interrupted run
+    gpt prepare --check data/fineweb-edu-10B                       # every shard against its sha256 in meta.json
 
 Inputs: text files (each one document), JSON Lines (`.jsonl`, `.ndjson`, optionally `.gz`: one document per
 line, the string field `--text-field`, default `text`) and Parquet files (one document per row of the string
@@ -20,7 +21,9 @@ joined by `<|endoftext|>` (GPT-2) or a blank line (characters); GPT-2 BPE encode
 character of the corpus (a first pass over the input).
 
 Workers: `--workers N` threads tokenize chunks of documents while the main thread reads (tiktoken releases
-the GIL); the output is byte-identical for any N, 0 tokenizes in the main thread.
+the GIL); the output is byte-identical for any N, 0 tokenizes in the main thread. N above the cores available
+runs as many threads as there are cores (more add memory, not speed), and reading runs ahead of writing by at
+most 2 chunks per thread and READ_AHEAD_CHARS characters in all, so memory stays flat for any N.
 
 Output: `train-000000.bin`, `train-000001.bin`, ... and `val-000000.bin`, ... of `--shard-tokens` tokens each
 (the last one shorter; `tritongpt.data` has the format), and `meta.json` listing them with token counts and sha256.
@@ -29,9 +32,12 @@ is committed to `.prepare-state.json` whenever a shard completes and on Ctrl-C /
 the current chunk: `--resume` continues from there with identical output. A run that fails keeps what it
 committed (and says so) and removes the rest; nothing that looks complete is ever left unfinished.
 
-Into a folder already prepared from the same inputs and settings, prepare does nothing; from changed inputs
+Into a folder already prepared from the same inputs and settings, prepare does nothing (once it has seen that
+every file meta.json lists is there and whole); from changed inputs, or with a listed file missing or damaged,
 it prepares again, replacing its own earlier files; with other settings, or over files it did not write, it
-refuses unless `--force`.
+refuses unless `--force`. Preparing again keeps the earlier data in place and usable until the new data is
+complete (`ShardSplit.hold`), then swaps them. One prepare writes into a folder at a time (its lock, shared with
+`gpt train`). `gpt prepare --check DIR` hashes every shard against the sha256 meta.json records.
 """
 
 from __future__ import annotations
