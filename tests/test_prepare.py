@@ -378,6 +378,33 @@ def test_workers_give_byte_identical_shards_that_match_meta(corpus, tmp_path, mo
         assert len(open_split(tmp_path / "one", split)) == 1
 
 
+def test_read_ahead_is_bounded_whatever_the_workers(corpus, tmp_path, monkeypatch, bpe):
+    """On a machine of 64 cores, 64 threads: reading runs ahead of writing by READ_AHEAD_CHARS (plus the chunk
+    that crosses it), not by 128 chunks; the output is the same."""
+    run_prepare(corpus, tmp_path / "ref", shard_tokens=997, workers=1)
+    monkeypatch.setattr(tritongpt.prepare, "default_workers", lambda: 64)
+    monkeypatch.setattr(tritongpt.prepare, "CHUNK_CHARS", 300)
+    monkeypatch.setattr(tritongpt.prepare, "READ_AHEAD_CHARS", 1500)
+    ahead, peak, biggest = [0], [0], [0]
+    chunks, write = tritongpt.prepare.CorpusReader.chunks, tritongpt.prepare._Run._write
+
+    def counted_chunks(self):
+        for chunk in chunks(self):
+            ahead[0] += chunk.chars
+            peak[0], biggest[0] = max(peak[0], ahead[0]), max(biggest[0], chunk.chars)
+            yield chunk
+
+    def counted_write(self, chunk, job):
+        ahead[0] -= chunk.chars
+        return write(self, chunk, job)
+
+    monkeypatch.setattr(tritongpt.prepare.CorpusReader, "chunks", counted_chunks)
+    monkeypatch.setattr(tritongpt.prepare._Run, "_write", counted_write)
+    run_prepare(corpus, tmp_path / "w64", shard_tokens=997, workers=64)
+    assert 1500 < peak[0] <= 1500 + biggest[0], (peak, biggest)
+    assert folder(tmp_path / "w64") == folder(tmp_path / "ref")
+
+
 def test_max_tokens_carves_an_exact_prefix(corpus, tmp_path, bpe):
     run_prepare(corpus, tmp_path / "all", shard_tokens=500)
     meta = run_prepare(corpus, tmp_path / "sample", shard_tokens=500, max_tokens=1234)
