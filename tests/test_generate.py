@@ -89,8 +89,9 @@ def test_temperature_to_zero_is_greedy():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(temperature=-0.1), "temperature must be >= 0"),
-        (dict(temperature=float("nan")), "temperature must be >= 0"),
+        (dict(temperature=-0.1), "temperature must be a finite number >= 0"),
+        (dict(temperature=float("nan")), "temperature must be a finite number >= 0"),
+        (dict(temperature=float("inf")), "temperature must be a finite number >= 0"),
         (dict(top_k=0), "top_k must be >= 1"),
         (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
         (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,18 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         return atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **payload}, f))
     except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as a RuntimeError
-        raise CheckpointError(f"cannot write checkpoint {path}: {_first_line(e)}") from e
+        space = _free_space(path) if isinstance(e, RuntimeError) else ""
+        raise CheckpointError(f"cannot write checkpoint {path}: {_first_line(e)}{space}") from e
+
+
+def _free_space(path: Path) -> str:
+    """ " (12.3 MB free on its disk)", for a write that torch's zip writer reports as a RuntimeError: it says
+    "unexpected pos" where the disk was full."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return ""
+    return f" ({free / 1e6:,.1f} MB free on its disk)"
 
 
 def _first_line(e: BaseException) -> str:
@@ -99,10 +111,11 @@ def model_payload(model: torch.nn.Module, tokenizer: Any | None) -> dict[str, An
     }
 
 
-def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", backend: str | None = None):
+def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", backend: str | None = None, note=None):
     """(model in eval mode, tokenizer or None, the raw checkpoint dict) from a checkpoint file, or from the
-    newest readable checkpoint of a run folder. A config that does not match the weights, a model too large
-    for `device` and a bad tokenizer record are CheckpointErrors naming the file, raised before building."""
+    newest readable checkpoint of a run folder; `note(message)` names the file and step taken when newer ones
+    were skipped, and why. A config that does not match the weights, a model too large for `device` and a bad
+    tokenizer record are CheckpointErrors naming the file, raised before building."""
     from tritongpt.config import ConfigError, GPTConfig, from_dict
     from tritongpt.model import GPT, check_model_fits
     from tritongpt.tokenizer import TokenizerError, tokenizer_from_dict
@@ -114,6 +127,8 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu", 
             detail = "; ".join(skipped) or "no ckpt-NNNNNNNN.pt files"
             raise CheckpointError(f"{path} holds no readable checkpoint ({detail})")
         path, ckpt = found
+        if skipped and note is not None:
+            note(f"using {path} (step {ckpt.get('step')}), the newest usable one; skipped: {'; '.join(skipped)}")
     else:
         ckpt = load_checkpoint(path)  # on the CPU: only the weights move to `device`, never the optimizer state
     saved = ckpt["model_config"]
@@ -163,7 +178,7 @@ def load_model(
         except ValueError as e:
             raise ConfigError(f"--backend {backend}: {e}") from None
     if checkpoint is not None:
-        model, tok, ckpt = model_from_checkpoint(checkpoint, device, backend)
+        model, tok, ckpt = model_from_checkpoint(checkpoint, device, backend, note)
         info = {"kind": "checkpoint", "path": str(checkpoint), "step": ckpt.get("step")}
         info["train_config"] = ckpt.get("train_config")
         info["world_size"] = (ckpt.get("sampler") or {}).get("world_size", 1)
@@ -255,7 +270,7 @@ def load_newest_good(
     """The newest numbered checkpoint in `run_dir` that loads and has the `require`d entries (by default those
     a training run resumes from), or None if there is none.
 
-    A truncated or foreign newer file is skipped (reported through `warn(message)`), never deleted.
+    A truncated or foreign newer file is skipped (`warn(why)`, the reason naming the file), never deleted.
     """
     for _, path in reversed(list_checkpoints(run_dir)):
         try:
@@ -265,7 +280,7 @@ def load_newest_good(
                     raise CheckpointError(f"{path} has no {key!r} entry (not a training checkpoint)")
         except CheckpointError as e:
             if warn is not None:
-                warn(f"skipping unusable checkpoint: {e}")
+                warn(str(e))
             continue
         return path, ckpt
     return None
@@ -381,7 +396,12 @@ class Checkpointer:
         from tritongpt.config import GPTConfig
 
         skipped: list[str] = []
-        found = load_newest_good(self.run_dir, map_location="cpu", warn=lambda m: (skipped.append(m), self.log(m)))
+
+        def warn(why: str) -> None:
+            skipped.append(why)
+            self.log(f"skipping unusable checkpoint: {why}")
+
+        found = load_newest_good(self.run_dir, map_location="cpu", warn=warn)
         if found is None:
             detail = "; ".join(skipped) or "no ckpt-NNNNNNNN.pt files"
             raise CheckpointError(f"--resume: no usable checkpoint in {self.run_dir} ({detail})")

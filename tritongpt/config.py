@@ -262,11 +262,14 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "", base: Any = None
 
 
 def resolve_preset(name_or_path: str | Path) -> Path:
-    """A preset name (`configs/<name>.toml`, matched exactly) or a path to a TOML file."""
+    """A preset name (`configs/<name>.toml`, matched exactly) or a path to a TOML file: any file that is not a
+    folder, so `--config /dev/null` (no overrides) and `--config <(...)` (a pipe) read too."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
-        if not p.is_file():
-            raise ConfigError(f"config file {p} is a folder" if p.is_dir() else f"config file {p} does not exist")
+        if p.is_dir():
+            raise ConfigError(f"config file {p} is a folder")
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
         return p
     candidate = CONFIG_DIR / f"{name_or_path}.toml"
     if candidate.is_file():

@@ -7,8 +7,9 @@
              batches through pyarrow (imported only then)
 
 A reader yields (text, input bytes consumed) per unit (piece, line or row) from unit `start` on (a resumed
-`gpt prepare`); a JSON Lines blank line yields text None (not a document), an empty or null text "". What
-training reads back (token files, data folders, windows) is `tritongpt.data`.
+`gpt prepare`); a JSON Lines blank line yields text None (not a document), an empty or null text "". A JSON
+escape of a lone surrogate (`"\ud800"`) is no character: it is read as U+FFFD, as tiktoken reads it, whatever
+the tokenizer. What training reads back (token files, data folders, windows) is `tritongpt.data`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tritongpt.data import DataError
+from tritongpt.files import parse_json
 
 READ_BLOCK = 1 << 20  # bytes read from an input file at a time
 PIECE_CHARS = 1 << 20  # characters per piece of a text document
@@ -31,6 +33,7 @@ PARQUET_BATCH_ROWS = 1024
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
 PARQUET_SUFFIXES = (".parquet",)
 CORPORA = ("shakespeare", "python-source")  # built in: data.corpus, gpt prepare --corpus
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def shakespeare_files() -> list[Path]:
@@ -227,7 +230,7 @@ def _jsonl_text(path: Path, lineno: int, line: bytes, text_field: str, errors: s
         return None
     where = f"{path}:{lineno}"
     try:
-        record = json.loads(line.decode("utf-8", errors))
+        record = parse_json(line.decode("utf-8", errors))
     except UnicodeDecodeError as e:
         raise DataError(
             f"{where} is not UTF-8 (bad byte {e.object[e.start : e.start + 1]!r}); pass --errors replace to "
@@ -245,7 +248,14 @@ def _jsonl_text(path: Path, lineno: int, line: bytes, text_field: str, errors: s
         return ""
     if not isinstance(text, str):
         raise DataError(f"{where}: field {text_field!r} is a JSON {type(text).__name__}, not a string")
-    return text
+    return replace_lone_surrogates(text)
+
+
+def replace_lone_surrogates(text: str) -> str:
+    """`text` with each lone surrogate (no character: a JSON escape like "\\ud800") replaced by U+FFFD."""
+    if LONE_SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _parquet():

@@ -34,17 +34,18 @@ Lines, Parquet, the built-in ones) are `tritongpt.corpus`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from tritongpt.files import name_os_errors, parse_json
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: `gpt prepare` starts without it
     import torch
@@ -177,17 +178,6 @@ class TokenWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def name_os_errors(path: str | Path) -> Iterator[None]:
-    """Re-raise an OSError that carries no file name (ENOSPC from a write, say) with `path` as its name."""
-    try:
-        yield
-    except OSError as e:
-        if e.filename is None and e.errno is not None:
-            raise OSError(e.errno, e.strerror, str(path)) from None
-        raise
-
-
 def write_tokens(path: str | Path, ids: list[int] | np.ndarray, vocab_size: int) -> Path:
     """Write a whole token file at once (small data and tests)."""
     w = TokenWriter(path, token_dtype(vocab_size))
@@ -294,8 +284,8 @@ def _llmc_files(d: Path, split: str) -> list[Path]:
 def read_meta_file(meta_path: Path) -> dict:
     """Our meta.json, checked, with "layout" added ("shards" for version 2, "single" for version 1)."""
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        meta = parse_json(meta_path.read_bytes())
+    except json.JSONDecodeError as e:
         raise DataError(f"{meta_path} is not valid JSON: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != "tritongpt-data":
         raise DataError(f"{meta_path} is not a tritongpt data description (no 'tritongpt-data' format marker)")
@@ -311,7 +301,7 @@ def read_meta_file(meta_path: Path) -> dict:
         ok = isinstance(shards, dict) and all(
             isinstance(shards.get(s), list)
             and all(
-                isinstance(r, dict) and _plain_name(r.get("file")) and isinstance(r.get("tokens"), int)
+                isinstance(r, dict) and is_plain_name(r.get("file")) and isinstance(r.get("tokens"), int)
                 for r in shards[s]
             )
             for s in SPLITS
@@ -324,7 +314,7 @@ def read_meta_file(meta_path: Path) -> dict:
     return {**meta, "layout": "shards" if meta["version"] == 2 else "single"}
 
 
-def _plain_name(name) -> bool:
+def is_plain_name(name) -> bool:
     """A file name inside the folder: no path separators, not hidden."""
     return isinstance(name, str) and re.fullmatch(r"[\w][\w.-]*", name) is not None
 
@@ -361,7 +351,8 @@ def load_meta(data_dir: str | Path, hint: str = "") -> dict:
     plain = [d / f"{s}.bin" for s in SPLITS if (d / f"{s}.bin").is_file()]
     if llmc["train"] or llmc["val"]:
         if plain:
-            raise DataError(f"{d} holds both llm.c shards ({llmc['train'][0].name}, ...) and {plain[0].name}: keep one")
+            first = (llmc["train"] or llmc["val"])[0]
+            raise DataError(f"{d} holds both llm.c shards ({first.name}, ...) and {plain[0].name}: keep one")
         return _foreign_meta("llm.c", f"{len(llmc['train'])} train + {len(llmc['val'])} val shards in {d}")
     if plain:
         if (d / "meta.pkl").is_file():

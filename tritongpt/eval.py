@@ -244,7 +244,7 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: f.write(data))
     except OSError as e:
-        raise EvalError(f"cannot write --json {path}: {os_error_message(e)}") from None
+        raise EvalError(f"cannot write --json {os_error_message(e)}") from None
 
 
 def _versions() -> dict[str, str]:

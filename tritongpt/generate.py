@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import math
 import sys
 from collections.abc import Iterator
 
@@ -48,9 +49,10 @@ def check_logits(logits: torch.Tensor) -> None:
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """ValueError naming the argument for temperature < 0, top_k < 1 or top_p outside (0, 1]."""
-    if not temperature >= 0:  # also rejects NaN
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    """ValueError naming the argument for a temperature that is not a finite number >= 0, top_k < 1 or top_p
+    outside (0, 1]."""
+    if not 0 <= temperature < math.inf:  # also rejects NaN
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
@@ -91,7 +93,11 @@ def sample_next(
     check_logits(logits)
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    scaled = logits.float() / temperature
+    if bool((torch.isposinf(scaled) | torch.isnan(scaled)).any()):  # a temperature so small that logits overflow
+        wide = logits.double()  # (fp32 holds no 1e-300): the maximum shifted to 0, the rest towards -inf
+        scaled = ((wide - wide.amax(dim=-1, keepdim=True)) / temperature).float()
+    logits = scaled
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None and top_p < 1:

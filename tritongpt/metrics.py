@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from tritongpt.files import atomic_write, os_error_message, strict_json
+from tritongpt.files import atomic_write, name_os_errors, os_error_message, parse_json, strict_json
 from tritongpt.flops import mfu
 from tritongpt.progress import ProgressLine, bar, fmt_rate, fmt_time
 
@@ -72,25 +72,37 @@ class MetricsLog:
         self.progress.print(text)
 
     def record(self, rec: dict[str, Any]) -> None:
-        """Append one record to metrics.jsonl as strict JSON: a non-finite number is written as null."""
+        """Append one record to metrics.jsonl as strict JSON: a non-finite number is written as null. An OSError
+        names the file."""
         if not self.enabled:
             return
         line = json.dumps(strict_json(rec), allow_nan=False)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        new = not self.path.exists()
+        try:
+            with name_os_errors(self.path), open(self.path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except OSError:
+            if new:  # no empty metrics.jsonl left to pass for an earlier run
+                self.path.unlink(missing_ok=True)
+            raise
 
     def truncate(self, step: int) -> None:
-        """Drop the records of steps after `step` (a resumed run redoes them), and lines that are no record."""
+        """Drop the records of steps after `step` (a resumed run redoes them), and lines that are not JSON
+        objects (cut short by a crash). A record whose step is not a number (edited by hand) is kept."""
         if not self.enabled or not self.path.is_file():
             return
         keep = []
         for line in self.path.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
             try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line)
-            except (json.JSONDecodeError, AttributeError):  # a line cut short by a crash, or not a record
+                rec = parse_json(line)
+            except json.JSONDecodeError:
                 continue
+            if not isinstance(rec, dict):
+                continue
+            at = rec.get("step", 0)
+            if not isinstance(at, (int, float)) or isinstance(at, bool) or at <= step:
+                keep.append(line)
         text = "".join(k + "\n" for k in keep).encode("utf-8", errors="surrogateescape")
         atomic_write(self.path, lambda f: f.write(text))
 

@@ -15,7 +15,8 @@ learning rate rises linearly over `warmup_steps`, then follows a cosine down to 
 (default: the last step) and stays there. AdamW decays only the matrices (linear weights and embeddings).
 
 The run folder (`out_dir`) holds `metrics.jsonl` and `loss.png` (`tritongpt.metrics`) and the checkpoints
-(`tritongpt.checkpoint.Checkpointer`: the newest `keep_checkpoints`, an earlier run set aside into `previous-N/`).
+(`tritongpt.checkpoint.Checkpointer`: the newest `keep_checkpoints`, an earlier run set aside into `previous-N/`),
+and one writer: a second `gpt train` into it while one runs is refused, naming the first (`.gpt.lock`).
 A checkpoint has everything a step depends on (weights, AdamW state, step, sampler position, every RNG), so on
 CPU a resumed run is bit-identical to one that never stopped. Ctrl-C (or SIGTERM) finishes the current step,
 saves and exits. A step whose loss or gradient norm is not finite is skipped (the weights are not touched);
@@ -49,7 +50,7 @@ from tritongpt.backend import check_backend_runs
 from tritongpt.checkpoint import Checkpointer, CheckpointError, model_payload, rng_state, set_rng_state
 from tritongpt.config import ConfigError, DataConfig, GPTConfig, TrainConfig, add_set_argument, load_configs
 from tritongpt.data import DataError, WindowSampler, check_token_ids, open_split, read_data_tokenizer
-from tritongpt.files import OutputError, StopRequest, check_output_dir, os_error_message
+from tritongpt.files import OutputError, StdoutError, StopRequest, check_output_dir, folder_lock, os_error_message
 from tritongpt.flops import device_peak_flops, flops_per_token
 from tritongpt.generate import GenerationError, generate
 from tritongpt.hellaswag import evaluate_hellaswag, load_hellaswag
@@ -101,6 +102,19 @@ def fit_vocabulary(model_cfg: GPTConfig, data_vocab: int, data_dir: str) -> GPTC
         )
     padded = data_vocab < model_cfg.vocab_size
     return dataclasses.replace(model_cfg, real_vocab_size=data_vocab if padded else 0)
+
+
+def sample_start(prompt: str, tok, data_dir: str) -> list[int]:
+    """The ids samples start from: `train.sample_prompt` encoded, or <|endoftext|> (else id 0) for an empty one.
+    ConfigError naming the prompt where the data's tokenizer cannot encode it (checked before training); only
+    the default, a newline, falls back quietly (a character corpus without one)."""
+    try:
+        ids = tok.encode(prompt) if prompt else []
+    except TokenizerError as e:
+        if prompt != TrainConfig.sample_prompt:
+            raise ConfigError(f"train.sample_prompt {prompt!r}: {e} of the data in {data_dir}") from None
+        ids = []
+    return ids or [tok.eot_id if tok.eot_id is not None else 0]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,6 +202,8 @@ class Trainer:
         self.tokens_per_step = cfg.batch_size * cfg.grad_accum * ranks * T
         self.max_steps = math.ceil(cfg.max_tokens / self.tokens_per_step) if cfg.max_tokens else cfg.max_steps
         self.hellaswag = load_hellaswag(cfg.hellaswag, self.tok, T, cfg.hellaswag_limit) if cfg.hellaswag else None
+        sampling = cfg.sample_tokens or cfg.final_sample_tokens
+        self.sample_ids = sample_start(cfg.sample_prompt, self.tok, data_cfg.dir) if sampling else []
 
         # model and optimizer: the same seed on every rank gives the same initial weights
         torch.manual_seed(cfg.seed)
@@ -218,8 +234,6 @@ class Trainer:
         self.resumed_from: Path | None = None
         if resume:
             self._resume()
-        elif master:
-            self.checkpoints.set_aside_previous_run()
 
         self.fwd = torch.compile(self.model) if cfg.compile else self.model
         if self.dist.enabled:
@@ -292,7 +306,6 @@ class Trainer:
             torch.manual_seed(self.cfg.seed + self.dist.rank + self.step)
         self.resumed_from = path
         self.log(f"resumed from {path} at step {self.step}")
-        self.metrics.truncate(self.step)
 
     def save(self) -> Path | None:
         """Write this step's checkpoint (rank 0, through the Checkpointer), then redraw the plot.
@@ -397,12 +410,7 @@ class Trainer:
     def sample(self, n_tokens: int) -> str:
         """`n_tokens` sampled after `sample_prompt` through `tritongpt.generate` (KV cache), seeded by seed and step."""
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + self.step)
-        try:
-            ids = self.tok.encode(self.cfg.sample_prompt) if self.cfg.sample_prompt else []
-        except TokenizerError:
-            ids = []
-        if not ids:
-            ids = [self.tok.eot_id if self.tok.eot_id is not None else 0]
+        ids = self.sample_ids
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         with self.autocast():
             try:
@@ -467,11 +475,24 @@ class Trainer:
     def fit(self) -> int:
         """Train to max_steps (or the time budget): 0 when done, 130 after Ctrl-C (saved). TrainingStopped when
         the run diverged (too many bad steps, a non-finite validation loss), CheckpointError when a checkpoint
-        could not be saved."""
-        cfg, step0 = self.cfg, self.step
-        if self.dist.master:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        could not be saved, OutputError when another process writes into the run folder.
+
+        Nothing in the run folder changes before the first line is out (a standard output that fails, a full
+        disk say, fails here) and the folder's lock is held (`tritongpt.files.folder_lock`: one writer); only
+        then is an earlier run set aside, or the records a resumed run redoes dropped from metrics.jsonl."""
         self.log(self.describe())
+        if not self.dist.master:
+            return self._loop()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with folder_lock(self.run_dir, "gpt train"):
+            if self.resumed_from is not None:
+                self.metrics.truncate(self.step)
+            else:
+                self.checkpoints.set_aside_previous_run()
+            return self._loop()
+
+    def _loop(self) -> int:
+        cfg, step0 = self.cfg, self.step
         self.metrics.start(step0)
 
         def every(interval: int) -> bool:  # due at this step, and not the last (the end evaluates and saves)
@@ -511,9 +532,10 @@ class Trainer:
         except OutputError:
             raise
         except OSError as e:  # the run folder stopped taking files (a full disk): say where the good checkpoint is
-            raise OutputError(
-                f"cannot write {os_error_message(e)}. {self.checkpoints.last_good_note(self.step)}"
-            ) from e
+            what = f"cannot write {os_error_message(e)}" if e.filename else os_error_message(e)
+            raise OutputError(f"{what}. {self.checkpoints.last_good_note(self.step)}") from e
+        except StdoutError as e:
+            raise StdoutError(f"{e}. {self.checkpoints.last_good_note(self.step)}") from None
         return 0
 
 
@@ -555,5 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # torchrun -m tritongpt.train: through the dispatcher's rules for Ctrl-C and stdout
+    from tritongpt.cli import main as gpt
+
+    sys.exit(gpt(["train", *sys.argv[1:]]))

@@ -289,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [o for o in ops if o not in OPS]
     if unknown:
         ap.error(f"unknown op(s) {', '.join(unknown)}; choose from {', '.join(OPS)}")
+    if not -(2**63) <= args.seed < 2**64:  # what torch.Generator.manual_seed takes
+        ap.error(f"--seed must fit in 64 bits, got {args.seed}")
 
     quick = args.quick or not torch.cuda.is_available()
     if quick:
