@@ -492,9 +492,10 @@ def test_capture_reuses_the_config_tuned_for_the_same_sequence_bucket(monkeypatc
     assert sorted(attn_mod._CHOSEN.values()) == ["cfg-large", "cfg-small"]
 
 
-def test_capture_of_an_untuned_key_takes_the_first_config_the_prune_keeps(monkeypatch):
-    """Never benchmark inside a capture: an untuned key launches the plain kernel with the first config that
-    survives pruning (the first listed may not fit this launch)."""
+@pytest.mark.parametrize("capturing, autotune", [(True, True), (False, False)], ids=["capture", "autotune-off"])
+def test_capture_of_an_untuned_key_takes_the_first_config_the_prune_keeps(monkeypatch, capturing, autotune):
+    """Never benchmark inside a capture, nor with TRITONGPT_ATTENTION_AUTOTUNE=0: an untuned key launches the
+    plain kernel with the first config that survives pruning (the first listed may not fit this launch)."""
     import triton
 
     launched = []
@@ -505,7 +506,8 @@ def test_capture_of_an_untuned_key_takes_the_first_config_the_prune_keeps(monkey
     monkeypatch.setattr(attn_mod, "_attn_fwd", kernel)
     monkeypatch.setattr(attn_mod, "launcher", lambda k: _Recorder(k, launched))
     monkeypatch.setattr(attn_mod, "_CHOSEN", {})
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing)
+    monkeypatch.setattr(attn_mod, "_AUTOTUNE", autotune)
     attn_mod.attention_fwd(*qkv(1, 1, 40, 40, 16, device="cpu"), True, 0.0, 0.25, None, True)
     assert launched[0]["BLOCK_M"] == 64 and launched[0]["num_warps"] == 4 and launched[0]["num_stages"] == 2
     assert attn_mod._CHOSEN == {}  # nothing was tuned

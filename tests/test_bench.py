@@ -102,7 +102,7 @@ def test_providers_name_the_seam():
 
 @pytest.mark.parametrize(
     "provider, backend, compiled",
-    [("reference", "torch", False), ("native", "native", False), ("triton", "triton", False),
+    [("reference", "reference", False), ("native", "native", False), ("triton", "triton", False),
      ("native+compile", "native", True), ("triton+compile", "triton", True)],
 )  # fmt: skip
 def test_train_step_providers_build_the_model_on_their_backend(provider, backend, compiled):

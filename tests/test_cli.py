@@ -64,7 +64,7 @@ def test_info_takes_several_pairs_per_set(capsys):
     assert "n_layers        2" in out and "emb_dim         64" in out and "n_heads         2" in out
 
 
-@pytest.mark.parametrize("backend", ["torch", "native", "triton", "auto"])
+@pytest.mark.parametrize("backend", ["reference", "native", "triton", "auto"])
 def test_info_names_the_backend(backend, capsys):
     assert main(["info", "--config", "demo", "--set", f"model.backend={backend!r}".replace("'", '"')]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("backend "))

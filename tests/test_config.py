@@ -1,5 +1,7 @@
 """Presets load, and the strict loader names the bad key and the file."""
 
+import typing
+
 import pytest
 
 from tritongpt.config import ConfigError, GPTConfig, list_presets, load_model_config, parse_overrides
@@ -53,8 +55,8 @@ def test_unknown_table_and_preset(tmp_path):
 def test_extends_and_overrides(tmp_path):
     p = tmp_path / "small.toml"
     p.write_text('extends = "gpt2-124m"\n[model]\nn_layers = 2\n')
-    c = load_model_config(p, ["model.drop_rate=0.1", "model.backend=torch"])
-    assert (c.n_layers, c.emb_dim, c.drop_rate, c.backend) == (2, 768, 0.1, "torch")
+    c = load_model_config(p, ["model.drop_rate=0.1", "model.backend=reference"])
+    assert (c.n_layers, c.emb_dim, c.drop_rate, c.backend) == (2, 768, 0.1, "reference")
     with pytest.raises(ConfigError, match="n_layer"):
         load_model_config(p, ["model.n_layer=3"])
     with pytest.raises(ConfigError, match="TABLE.KEY=VALUE"):
@@ -79,3 +81,25 @@ def test_errors_after_overrides_still_name_the_file(tmp_path):
     p.write_text('[model]\nn_layers = "two"\n')
     with pytest.raises(ConfigError, match=r"n_layers.*small\.toml with --set"):
         load_model_config(p, ["model.drop_rate=0.1"])
+
+
+def test_backend_names_are_the_implementations():
+    """One name per implementation: `torch` (the reference's old backend name) in a preset or `--set` is an
+    error naming `reference`; a checkpoint that stored it still loads, as `reference` (tests/test_checkpoint.py)."""
+    from tritongpt.kernels import IMPLEMENTATIONS
+
+    assert typing.get_args(typing.get_type_hints(GPTConfig)["backend"]) == ("auto", *IMPLEMENTATIONS)
+    with pytest.raises(ConfigError, match=r"backend.*'reference'.*got 'torch'"):
+        load_model_config("demo", ["model.backend=torch"])
+
+
+def test_torch_backend_in_a_preset_is_a_one_line_error(tmp_path, capsys):
+    from tritongpt.cli import main
+
+    p = tmp_path / "old.toml"
+    p.write_text('extends = "demo"\n[model]\nbackend = "torch"\n')
+    with pytest.raises(SystemExit) as e:
+        main(["info", "--config", str(p)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("gpt info: error: ") and "'reference'" in err

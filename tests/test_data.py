@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tritongpt.config import GPTConfig
+from tritongpt.config import DataConfig, GPTConfig, TrainConfig
 from tritongpt.data import (
     LLMC_MAGIC,
     DataError,
@@ -21,9 +21,9 @@ from tritongpt.data import (
     token_dtype,
     write_tokens,
 )
-from tritongpt.prepare import DataConfig, prepare
+from tritongpt.prepare import prepare
 from tritongpt.tokenizer import CharTokenizer
-from tritongpt.train import TrainConfig, Trainer
+from tritongpt.train import Trainer
 
 TOKENS = np.arange(1000, dtype=np.uint16) % 97
 
@@ -81,15 +81,6 @@ def test_fixed_batches_depend_only_on_the_global_batch():
     ranks = [WindowSampler(TOKENS, 8, batch_size=2, seed=2, world_size=2).fixed_batches(2, rank=r) for r in (0, 1)]
     for i in range(2):
         assert torch.equal(torch.cat([ranks[0][i][0], ranks[1][i][0]]), single[i][0])
-
-
-def test_python_source_corpus():
-    from tritongpt.data import python_source_files
-
-    files = python_source_files()
-    assert len(files) > 100 and files == sorted(files)
-    assert any(f.name == "os.py" for f in files)
-    assert not any("site-packages" in f.parts for f in files)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -288,7 +279,7 @@ def test_folders_without_data(tmp_path):
 
 
 def tiny_training(data_dir, out_dir, vocab=64, **train):
-    m = GPTConfig(vocab_size=vocab, context_length=16, emb_dim=32, n_heads=2, n_layers=2, backend="torch")
+    m = GPTConfig(vocab_size=vocab, context_length=16, emb_dim=32, n_heads=2, n_layers=2, backend="reference")
     t = TrainConfig(out_dir=str(out_dir), device="cpu", batch_size=4, max_steps=8, lr=3e-3, min_lr=3e-4)
     quiet = dict(eval_interval=4, eval_batches=2, sample_tokens=0, final_sample_tokens=0, log_interval=1, plot=False)
     t = dataclasses.replace(t, warmup_steps=2, seed=3, lr_decay_steps=8, keep_checkpoints=0, **quiet)

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from tritongpt.checkpoint import checkpoint_path, load_checkpoint
+from tritongpt.config import DataConfig
 from tritongpt.eval import main as eval_main
-from tritongpt.prepare import DataConfig, prepare
+from tritongpt.prepare import prepare
 from tritongpt.train import main
 
 TEXT = "".join(f"LINE {i}: the quick brown fox {i % 7} jumps over the lazy dog {i % 5}.\n" for i in range(300))
@@ -28,7 +29,7 @@ context_length = 16
 emb_dim = 32
 n_heads = 2
 n_layers = 2
-backend = "torch"
+backend = "reference"
 [data]
 dir = "{data_dir.as_posix()}"
 [train]

@@ -10,16 +10,15 @@ import pytest
 import torch
 
 from tritongpt.checkpoint import model_payload, save_checkpoint
-from tritongpt.config import GPTConfig
+from tritongpt.config import DataConfig, GPTConfig, TrainConfig
 from tritongpt.data import open_split
 from tritongpt.eval import main
 from tritongpt.hellaswag import HellaSwagError
 from tritongpt.model import GPT
 from tritongpt.plot import loss_figure
-from tritongpt.prepare import DataConfig
 from tritongpt.prepare import main as prepare_main
 from tritongpt.tokenizer import CharTokenizer, GPT2Tokenizer
-from tritongpt.train import TrainConfig, Trainer
+from tritongpt.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,7 +48,7 @@ def data_dir(tmp_path_factory):
 
 
 def tiny(data_dir, out_dir, **train):
-    m = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=2, backend="torch")
+    m = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=2, backend="reference")
     defaults = dict(out_dir=str(out_dir), device="cpu", batch_size=4, max_steps=6, lr=3e-3, min_lr=3e-4)
     defaults |= dict(warmup_steps=2, eval_interval=0, eval_batches=3, sample_tokens=0, final_sample_tokens=0)
     defaults |= dict(log_interval=1, plot=False, seed=3)
@@ -146,7 +145,7 @@ def test_bits_per_byte_leave_out_end_of_text_and_count_utf8_bytes():
 
     tok = GPT2Tokenizer()
     model = GPT(
-        GPTConfig(vocab_size=tok.vocab_size, context_length=16, emb_dim=16, n_heads=2, n_layers=1, backend="torch")
+        GPTConfig(vocab_size=tok.vocab_size, context_length=16, emb_dim=16, n_heads=2, n_layers=1, backend="reference")
     )
     ids = tok.encode("café au lait") + [tok.eot_id] + tok.encode(" naïve")
     x, y = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
@@ -241,7 +240,7 @@ def test_a_bad_hellaswag_file_stops_training_before_it_starts(data_dir, tmp_path
 def char_checkpoint(tmp_path):
     tok = CharTokenizer.from_text(TEXT)
     model = GPT(
-        GPTConfig(vocab_size=tok.vocab_size, context_length=16, emb_dim=16, n_heads=2, n_layers=1, backend="torch")
+        GPTConfig(vocab_size=tok.vocab_size, context_length=16, emb_dim=16, n_heads=2, n_layers=1, backend="reference")
     )
     return save_checkpoint(tmp_path / "c.pt", model_payload(model, tok))
 
@@ -277,6 +276,22 @@ def test_bad_arguments_and_files_are_one_line_errors(char_checkpoint, tmp_path, 
     code = main([*ckpt, "--hellaswag", str(good), "--device", "banana"])
     assert code == 2 and "'banana' is not a device" in capsys.readouterr().err
     assert good.read_text() == "".join(json.dumps(e) + "\n" for e in HELLASWAG)  # never overwritten
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the triton backend runs here")
+def test_a_backend_that_cannot_run_here(char_checkpoint, tmp_path, capsys, monkeypatch):
+    """The rule gpt generate has too (tritongpt.checkpoint.load_model): a model's own backend that cannot run
+    here gives way to auto, with a note; a --backend that cannot run here is an error naming it."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # no GPU and no interpreter: triton cannot run
+    ckpt = torch.load(char_checkpoint, weights_only=True)
+    ckpt["model_config"]["backend"] = "triton"
+    torch.save(ckpt, char_checkpoint)
+    argv = ["--checkpoint", str(char_checkpoint), "--hellaswag", str(write_hellaswag(tmp_path / "hs.jsonl"))]
+    code, out, err = run(argv, capsys)
+    assert code == 0 and "gpt eval: note:" in err and "running backend 'auto' instead" in err
+    assert "backend auto" in out
+    code, _, err = run([*argv, "--backend", "triton"], capsys)
+    assert code == 2 and err.startswith("gpt eval: error: --backend triton: ") and len(err.splitlines()) == 1
 
 
 def test_json_is_replaced_only_with_force(char_checkpoint, tmp_path, capsys):
@@ -333,7 +348,11 @@ def test_triton_backend_on_the_gpu_scores_like_the_reference(tmp_path):
 
     tok = CharTokenizer.from_text(TEXT)
     model = (
-        GPT(GPTConfig(vocab_size=tok.vocab_size, context_length=16, emb_dim=64, n_heads=2, n_layers=2, backend="torch"))
+        GPT(
+            GPTConfig(
+                vocab_size=tok.vocab_size, context_length=16, emb_dim=64, n_heads=2, n_layers=2, backend="reference"
+            )
+        )
         .cuda()
         .eval()
     )

@@ -130,7 +130,7 @@ def test_budget_stops_drawing(capsys):
         (["--budget", "5"], "--budget takes a positive number of seconds, with --fuzz"),
         (["--fuzz", "5", "--budget", "-1"], "--budget takes a positive number"),
         (["--fuzz", "5", "--case", "{}"], "--fuzz and --case exclude each other"),
-        (["--fuzz", "5", "--impl", "native"], "check the triton implementation"),
+        (["--fuzz", "5", "--backend", "native"], "check the triton backend"),
         (["--case", "{"], "--case is not JSON"),
         (["--case", '{"op": "softmax"}'], '"op" one of layer_norm'),
         (["--case", "[1]"], '"op" one of layer_norm'),

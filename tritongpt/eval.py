@@ -41,9 +41,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tritongpt.backend import BACKENDS, resolve_device
+from tritongpt.config import TrainConfig
 from tritongpt.data import DataError
-from tritongpt.files import OutputError, atomic_write, check_output_dir, os_error_message, silence_stdout
-from tritongpt.ops import BACKENDS, check_backend_runs, resolve_device
+from tritongpt.files import OutputError, atomic_write, check_output_dir, os_error_message, silence_stdout, strict_json
 from tritongpt.progress import Meter
 
 PROG = "gpt eval"
@@ -198,22 +199,16 @@ def evaluate_loss(
 
 
 def load_model(args) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-    """(model in eval mode, tokenizer or None, a description for the report) from --checkpoint or --hf."""
-    from tritongpt.checkpoint import CheckpointError, model_from_checkpoint
+    """(model in eval mode, tokenizer or None, a description for the report) from --checkpoint or --hf, by
+    `tritongpt.checkpoint.load_model`'s rule for --backend."""
+    from tritongpt.checkpoint import CheckpointError
+    from tritongpt.checkpoint import load_model as load
     from tritongpt.config import ConfigError
-    from tritongpt.hf import HFError, from_hf, tokenizer_for_hf
+    from tritongpt.hf import HFError
     from tritongpt.tokenizer import TokenizerError
 
     try:
-        if args.checkpoint:
-            model, tok, ckpt = model_from_checkpoint(args.checkpoint, args.device, args.backend)
-            info = {"kind": "checkpoint", "path": str(args.checkpoint), "step": ckpt.get("step")}
-            info["train_config"] = ckpt.get("train_config")
-            info["world_size"] = (ckpt.get("sampler") or {}).get("world_size", 1)
-        else:
-            model = from_hf(args.hf, device=args.device, backend=args.backend or "auto")
-            tok = tokenizer_for_hf(args.hf)
-            info = {"kind": "hf", "path": str(args.hf)}
+        model, tok, info = load(args.checkpoint, args.hf, args.device, args.backend, note=_note)
     except (CheckpointError, HFError, ConfigError, TokenizerError) as e:
         raise EvalError(str(e)) from None
     if tok is not None and tok.vocab_size > model.config.vocab_size:
@@ -222,6 +217,10 @@ def load_model(args) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
             f"{model.config.vocab_size}"
         )
     return model.eval(), tok, info
+
+
+def _note(message: str) -> None:
+    print(f"{PROG}: note: {message}", file=sys.stderr)
 
 
 def check_output(path: Path, force: bool) -> None:
@@ -239,24 +238,13 @@ def check_output(path: Path, force: bool) -> None:
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
-    """Strict JSON (no NaN), whole or not at all (`tritongpt.files.atomic_write`)."""
-    data = (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode("utf-8")
+    """Strict JSON (a non-finite number as null), whole or not at all (`tritongpt.files.atomic_write`)."""
+    data = (json.dumps(strict_json(obj), indent=1, allow_nan=False) + "\n").encode("utf-8")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: f.write(data))
     except OSError as e:
-        raise EvalError(f"cannot write --json {path}: {os_error_message(e)}") from None
-
-
-def _finite(x):
-    """Floats that JSON can hold (non-finite -> None), recursively."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
+        raise EvalError(f"cannot write --json {os_error_message(e)}") from None
 
 
 def _versions() -> dict[str, str]:
@@ -384,10 +372,6 @@ def run(args) -> int:
         raise EvalError(f"--device {e}") from None
     args.device = device
     model, tok, info = load_model(args)
-    try:
-        check_backend_runs(model.config.backend, device)
-    except ValueError as e:
-        raise EvalError(str(e)) from None
     precision = args.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -449,24 +433,18 @@ def run(args) -> int:
         report["precision"] = precision
         report["date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         report["versions"] = _versions()
-        write_json(json_path, _finite(report))
+        write_json(json_path, report)
         out.say(f"wrote      {json_path}")
     return 0
 
 
 def prepare_val(args, model, tok, info) -> dict[str, Any]:
     """The val split's batches and what goes with them, checked against the model's tokenizer."""
-    from tritongpt.data import open_split
-    from tritongpt.prepare import load_meta
-    from tritongpt.tokenizer import TokenizerError, tokenizer_from_dict
+    from tritongpt.data import open_split, read_data_tokenizer
 
     if Path(args.data).exists() and not Path(args.data).is_dir():
         raise DataError(f"--data {args.data} is not a folder; expected a prepared data folder (gpt prepare --out DIR)")
-    meta = load_meta(args.data)
-    try:
-        data_tok = tokenizer_from_dict(meta.get("tokenizer"))
-    except TokenizerError as e:
-        raise DataError(f"{Path(args.data) / 'meta.json'}: {e}") from None
+    _, data_tok = read_data_tokenizer(args.data)
     if tok is not None and tok.to_dict() != data_tok.to_dict():
         raise EvalError(
             f"{args.data} was tokenized with a different tokenizer ({_describe(data_tok)}) than the model's "
@@ -479,8 +457,6 @@ def prepare_val(args, model, tok, info) -> dict[str, Any]:
     out = {"tokenizer": data_tok, "vocab_size": vocab, "byte_lengths": byte_lengths() if byte_lengths else None}
     if args.eval_batches:
         train_cfg = info.get("train_config") or {}
-        from tritongpt.train import TrainConfig
-
         seed = args.seed if args.seed is not None else train_cfg.get("seed", TrainConfig.seed)
         size = args.eval_batch_size or train_cfg.get("batch_size", TrainConfig.batch_size) * info.get("world_size", 1)
         x, y = trainer_windows(shards, T, args.eval_batches, size, seed, f"the val split of {args.data}")

@@ -15,6 +15,7 @@ appear only once all of them are written: a failure leaves the folder as it was.
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,13 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     from tritongpt.files import os_error_message
     from tritongpt.hf import HFError, to_hf
 
+    def note(message: str) -> None:
+        print(f"gpt export: note: {message}", file=sys.stderr)
+
     try:
-        model, tok, _ = model_from_checkpoint(args.checkpoint, "cpu", "torch")
+        model, tok, ckpt = model_from_checkpoint(args.checkpoint, "cpu", "reference", note)
         out = to_hf(model, args.hf, tok, force=args.force)
     except (CheckpointError, HFError) as e:
         ap.exit(2, f"gpt export: error: {e}\n")
     except OSError as e:  # the folder cannot take the files: read-only, a full disk, a file in the way
         ap.exit(2, f"gpt export: error: {os_error_message(e)}\n")
     files = ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith(".")))
-    print(f"wrote {out}: {files} ({model.num_params():,} parameters)")
+    step = f", step {ckpt['step']}" if isinstance(ckpt.get("step"), int) else ""
+    print(f"wrote {out}: {files} ({model.num_params():,} parameters{step})")
     return 0

@@ -619,8 +619,8 @@ def argument_problem(args: argparse.Namespace) -> str | None:
         return f"--fuzz takes a number of cases per op >= 1, got {args.fuzz}"
     if args.budget is not None and (args.fuzz is None or not math.isfinite(args.budget) or args.budget <= 0):
         return "--budget takes a positive number of seconds, with --fuzz"
-    if args.impl != "triton":
-        return "--fuzz and --case check the triton implementation"
+    if args.backend != "triton":
+        return "--fuzz and --case check the triton backend"
     if args.case is not None:
         try:
             parse_case(args.case)

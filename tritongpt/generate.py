@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import math
 import sys
 from collections.abc import Iterator
 
 import torch
 
+from tritongpt.backend import BACKENDS, resolve_device
 from tritongpt.model import GPT, KVCache
-from tritongpt.ops import BACKENDS, check_backend_runs, resolve_device
 
 # ---------------------------------------------------------------------------------------------------------
 # Sampling
@@ -48,9 +49,10 @@ def check_logits(logits: torch.Tensor) -> None:
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """ValueError naming the argument for temperature < 0, top_k < 1 or top_p outside (0, 1]."""
-    if not temperature >= 0:  # also rejects NaN
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    """ValueError naming the argument for a temperature that is not a finite number >= 0, top_k < 1 or top_p
+    outside (0, 1]."""
+    if not 0 <= temperature < math.inf:  # also rejects NaN
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
@@ -91,7 +93,11 @@ def sample_next(
     check_logits(logits)
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    scaled = logits.float() / temperature
+    if bool((torch.isposinf(scaled) | torch.isnan(scaled)).any()):  # a temperature so small that logits overflow
+        wide = logits.double()  # (fp32 holds no 1e-300): the maximum shifted to 0, the rest towards -inf
+        scaled = ((wide - wide.amax(dim=-1, keepdim=True)) / temperature).float()
+    logits = scaled
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None and top_p < 1:
@@ -201,33 +207,22 @@ class TextStream:
 
 
 class ArgumentError(ValueError):
-    """A prompt, device or backend that cannot be used here; the message names the argument and says why."""
+    """A prompt or device that cannot be used here; the message names the argument and says why."""
 
 
 def _load(args, device: torch.device):
-    """(model, tokenizer) from --checkpoint or --hf on `device`. Without --backend, a checkpoint's backend
-    that cannot run here (triton, trained on a GPU) gives way to "auto": the same math on torch's ops."""
-    from tritongpt.checkpoint import CheckpointError, model_from_checkpoint
-    from tritongpt.hf import from_hf, tokenizer_for_hf
+    """(model, tokenizer) from --checkpoint or --hf on `device`, by `tritongpt.checkpoint.load_model`'s rule
+    for --backend."""
+    from tritongpt.checkpoint import CheckpointError, load_model
 
-    if args.backend is not None:
-        try:
-            check_backend_runs(args.backend, device)
-        except ValueError as e:
-            raise ArgumentError(f"--backend {args.backend}: {e}") from None
-    if args.checkpoint:
-        model, tok, _ = model_from_checkpoint(args.checkpoint, device, args.backend)
-        if tok is None:
-            raise CheckpointError(f"{args.checkpoint} has no tokenizer record, so prompts cannot be encoded")
-    else:
-        model = from_hf(args.hf, device=device, backend=args.backend or "auto")
-        tok = tokenizer_for_hf(args.hf)
-    try:
-        check_backend_runs(model.config.backend, device)
-    except ValueError as e:
-        print(f"gpt generate: note: {e}; running backend 'auto' instead", file=sys.stderr)
-        model.set_backend("auto")
-    return model.eval(), tok
+    model, tok, _ = load_model(args.checkpoint, args.hf, device, args.backend, note=_note)
+    if tok is None:
+        raise CheckpointError(f"{args.checkpoint} has no tokenizer record, so prompts cannot be encoded")
+    return model, tok
+
+
+def _note(message: str) -> None:
+    print(f"gpt generate: note: {message}", file=sys.stderr)
 
 
 def _read_prompt(prompt: str) -> str:

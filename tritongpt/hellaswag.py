@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from tritongpt.data import DataError
+from tritongpt.files import parse_json
 from tritongpt.progress import Meter
 from tritongpt.tokenizer import TokenizerError
 
@@ -101,7 +103,7 @@ def _label(value: Any) -> int | None:
     """An int label; the Hugging Face copy of the data stores it as a string ("3")."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):  # ASCII digits ("²".isdigit() too)
         return int(value)
     return None
 
@@ -149,7 +151,7 @@ def read_examples(path: str | Path, limit: int = 0) -> list[Example]:
                 if not text.strip():
                     continue
                 try:
-                    obj = json.loads(text)
+                    obj = parse_json(text)
                 except json.JSONDecodeError as e:
                     raise HellaSwagError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
                 out.append(_parse(obj, where, number))

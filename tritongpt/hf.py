@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from tritongpt.config import ConfigError, GPTConfig
+from tritongpt.files import parse_json
 from tritongpt.model import GPT
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -59,7 +60,7 @@ def read_hf_config(path: str | Path) -> dict:
     if not file.is_file():
         raise HFError(f"{path} has no config.json; expected a Hugging Face GPT-2 folder")
     try:
-        hf = json.loads(file.read_text(encoding="utf-8"))
+        hf = parse_json(file.read_bytes())
     except (OSError, json.JSONDecodeError) as e:
         raise HFError(f"cannot read {file}: {e}") from None
     if not isinstance(hf, dict):
@@ -161,8 +162,8 @@ def load_hf_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         index = path / f"{name}.index.json"
         if index.is_file():
             try:
-                shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-            except (OSError, json.JSONDecodeError, KeyError, AttributeError) as e:
+                shards = sorted(set(parse_json(index.read_bytes())["weight_map"].values()))
+            except (OSError, json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
                 raise HFError(f"cannot read the shard index {index}: {e}") from None
             sd = {}
             for shard in shards:

@@ -14,7 +14,7 @@ import torch
 from tritongpt.config import add_set_argument, load_model_config
 
 BACKEND_NOTES = {
-    "torch": "the from-scratch reference layers (tritongpt.kernels.reference)",
+    "reference": "the from-scratch reference layers (tritongpt.kernels.reference)",
     "native": "torch's fused ops: F.layer_norm, F.gelu, SDPA (tritongpt.kernels.native)",
     "triton": "our Triton kernels (tritongpt.kernels.triton_ops)",
     "auto": "Triton kernels on CUDA tensors, torch's fused ops elsewhere",
@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
 
+    from tritongpt.backend import check_backend_runs
     from tritongpt.model import GPT, check_model_fits, param_count
-    from tritongpt.ops import check_backend_runs
 
     try:
         cfg = load_model_config(args.config, args.set)

@@ -1,7 +1,7 @@
 """GPT-2 from scratch: embeddings, stacked transformer blocks, final LayerNorm and a language-model head.
 
 No torch.nn.LayerNorm, GELU, MultiheadAttention or Transformer: the layer math is one implementation of
-`tritongpt.kernels` -- the from-scratch reference (backend "torch"), torch's fused ops ("native"), our Triton kernels
+`tritongpt.kernels` -- the from-scratch reference ("reference"), torch's fused ops ("native"), our Triton kernels
 ("triton"), or "auto" (Triton on CUDA, native elsewhere) -- picked by `GPTConfig.backend` through `Ops`.
 
     from tritongpt.config import load_model_config
@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tritongpt.backend import Ops
 from tritongpt.config import ConfigError, GPTConfig
-from tritongpt.ops import Ops
 
 
 class LayerNorm(nn.Module):

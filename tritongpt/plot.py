@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from tritongpt.files import atomic_write
+from tritongpt.files import atomic_write, parse_json
 
 CHANCE = 0.25  # HellaSwag: one of four endings
 
@@ -24,10 +24,10 @@ def _records(metrics_path: str | Path) -> list[dict]:
     out = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            rec = json.loads(line)
+            rec = parse_json(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a crash
-        if isinstance(rec, dict):
+        if isinstance(rec, dict) and _finite(rec.get("step")):  # a record edited by hand has no place on the x axis
             out.append(rec)
     return out
 

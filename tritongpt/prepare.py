@@ -5,6 +5,7 @@
     gpt prepare --input notes/ book.txt dump.jsonl --tokenizer gpt2 --out data/mine --text-field content
     gpt prepare --config train-gpt2-124m --max-tokens 100000000   # a 100M-token sample
     gpt prepare --config train-gpt2-124m --resume                  # continue an interrupted run
+    gpt prepare --check data/fineweb-edu-10B                       # every shard against its sha256 in meta.json
 
 Inputs: text files (each one document), JSON Lines (`.jsonl`, `.ndjson`, optionally `.gz`: one document per
 line, the string field `--text-field`, default `text`) and Parquet files (one document per row of the string
@@ -20,7 +21,9 @@ joined by `<|endoftext|>` (GPT-2) or a blank line (characters); GPT-2 BPE encode
 character of the corpus (a first pass over the input).
 
 Workers: `--workers N` threads tokenize chunks of documents while the main thread reads (tiktoken releases
-the GIL); the output is byte-identical for any N, 0 tokenizes in the main thread.
+the GIL); the output is byte-identical for any N, 0 tokenizes in the main thread. N above the cores available
+runs as many threads as there are cores (more add memory, not speed), and reading runs ahead of writing by at
+most 2 chunks per thread and READ_AHEAD_CHARS characters in all, so memory stays flat for any N.
 
 Output: `train-000000.bin`, `train-000001.bin`, ... and `val-000000.bin`, ... of `--shard-tokens` tokens each
 (the last one shorter; `tritongpt.data` has the format), and `meta.json` listing them with token counts and sha256.
@@ -29,23 +32,23 @@ is committed to `.prepare-state.json` whenever a shard completes and on Ctrl-C /
 the current chunk: `--resume` continues from there with identical output. A run that fails keeps what it
 committed (and says so) and removes the rest; nothing that looks complete is ever left unfinished.
 
-Into a folder already prepared from the same inputs and settings, prepare does nothing; from changed inputs
+Into a folder already prepared from the same inputs and settings, prepare does nothing (once it has seen that
+every file meta.json lists is there and whole); from changed inputs, or with a listed file missing or damaged,
 it prepares again, replacing its own earlier files; with other settings, or over files it did not write, it
-refuses unless `--force`.
+refuses unless `--force`. Preparing again keeps the earlier data in place and usable until the new data is
+complete (`ShardSplit.hold`), then swaps them. One prepare writes into a folder at a time (its lock, shared with
+`gpt train`). `gpt prepare --check DIR` hashes every shard against the sha256 meta.json records.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import hashlib
 import json
 import math
 import os
 import re
-import signal
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -58,6 +61,7 @@ import numpy as np
 from tritongpt.config import (
     KNOWN_TABLES,
     ConfigError,
+    DataConfig,
     add_set_argument,
     from_dict,
     load_toml,
@@ -65,27 +69,43 @@ from tritongpt.config import (
     parse_overrides,
     section,
 )
-from tritongpt.data import (
+from tritongpt.corpus import (
     CORPORA,
-    META,
     PIECE_CHARS,
-    SPLITS,
-    STATE,
-    DataError,
-    TokenWriter,
     input_files,
     input_kind,
     iter_jsonl,
     iter_parquet,
     iter_pieces,
-    load_meta,
-    name_os_errors,
     python_source_files,
+    replace_lone_surrogates,
+    shakespeare_files,
+)
+from tritongpt.data import (
+    HASH_BLOCK,
+    HEADER,
+    META,
+    SPLITS,
+    STATE,
+    DataError,
+    TokenWriter,
+    is_plain_name,
+    load_meta,
+    partial_name,
     read_header,
     read_meta_file,
-    shakespeare_files,
-    temp_name,
     token_dtype,
+)
+from tritongpt.files import (
+    StdoutError,
+    StopRequest,
+    folder_lock,
+    json_bytes,
+    name_os_errors,
+    os_error_message,
+    parse_json,
+    signals_deferred,
+    silence_stdout,
 )
 from tritongpt.progress import Meter, fmt_rate
 from tritongpt.tokenizer import CharTokenizer, GPT2Tokenizer, TokenizerError, get_tokenizer, tokenizer_from_dict
@@ -93,48 +113,10 @@ from tritongpt.tokenizer import CharTokenizer, GPT2Tokenizer, TokenizerError, ge
 PROGRESS_MIN_BYTES = 8 << 20  # show a progress bar for inputs at least this large
 CHAR_DOC_SEPARATOR = "\n\n"
 CHUNK_CHARS = 1 << 20  # characters of text per tokenization task
+READ_AHEAD_CHARS = 32 * CHUNK_CHARS  # characters read ahead of the writer at most, whatever --workers says
 COMMIT_SECONDS = 60.0  # commit progress at least this often (besides at every complete shard)
 SHARD_NAME = re.compile(r"^(train|val)-(\d{6})\.bin$")
 OUR_TEMP = re.compile(r"^\.((train|val)-\d{6}\.bin|meta\.json|prepare-state\.json)\.tmp$")
-
-
-@dataclass
-class DataConfig:
-    """The `[data]` table: where the prepared corpus lives and how `gpt prepare --config` makes it."""
-
-    dir: str = "data/shakespeare-char"  # folder with meta.json and the token shards (or llm.c / nanoGPT files)
-    corpus: str = ""  # built-in corpus ("shakespeare", "python-source"); empty when `inputs` is used
-    inputs: list[str] = field(default_factory=list)  # files or folders: text, JSON Lines, Parquet
-    tokenizer: str = "char"  # "char" or "gpt2"
-    val_fraction: float = 0.1
-    errors: str = "strict"  # "strict": non-UTF-8 input is an error; "replace": bad bytes become U+FFFD
-    text_field: str = "text"  # the document's field in JSON Lines, its column in Parquet
-    shard_tokens: int = 100_000_000  # tokens per shard file
-    max_tokens: int = 0  # stop after this many tokens (train + val); 0: the whole corpus
-    hint: str = ""  # where the data comes from: said when `dir` holds no data, or `inputs` are missing
-
-    def __post_init__(self) -> None:
-        if self.corpus and self.corpus not in CORPORA:
-            raise ConfigError(f"data.corpus: unknown corpus {self.corpus!r}; choose one of {', '.join(CORPORA)}")
-        if self.tokenizer not in ("char", "gpt2"):
-            raise ConfigError(f"data.tokenizer: expected 'char' or 'gpt2', got {self.tokenizer!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.errors not in ("strict", "replace"):
-            raise ConfigError(f"data.errors: expected 'strict' or 'replace', got {self.errors!r}")
-        if not self.text_field:
-            raise ConfigError("data.text_field must not be empty")
-        if self.shard_tokens < 1:
-            raise ConfigError(f"data.shard_tokens must be >= 1, got {self.shard_tokens}")
-        if self.max_tokens < 0:
-            raise ConfigError(f"data.max_tokens must be >= 0, got {self.max_tokens}")
-
-    def missing_hint(self) -> str:
-        """How to make the data of `dir`: the preset's hint, or the `gpt prepare` command for it."""
-        if self.hint:
-            return self.hint
-        src = f"--corpus {self.corpus}" if self.corpus else "--input " + " ".join(self.inputs or ["PATH ..."])
-        return f"prepare the data first: gpt prepare {src} --tokenizer {self.tokenizer} --out {self.dir}"
 
 
 class Interrupted(Exception):
@@ -195,6 +177,10 @@ class Chunk:
     segments: list[Segment]
     nbytes: float  # input bytes read for it
     position: dict  # the reader's position after it (what a resumed run starts from)
+
+    @property
+    def chars(self) -> int:
+        return sum(len(s.text) for s in self.segments)
 
 
 class CorpusReader:
@@ -283,13 +269,18 @@ class CorpusReader:
         yield Chunk(segs, nbytes, self.position())
 
 
+def several_documents(files: list[Path]) -> bool:
+    """Whether the corpus may hold several documents, so a separator goes between them: one text file is one."""
+    return len(files) > 1 or any(input_kind(f) != "text" for f in files)
+
+
 def char_vocabulary(files: list[Path], cfg: DataConfig, markdown: bool) -> CharTokenizer:
     """Every character of the corpus (a full pass), plus the separator's when there are several documents."""
     chars: set[str] = set()
     for text, _, _ in CorpusReader(files, cfg, markdown).texts():
         if text:
             chars.update(text)
-    if len(files) > 1 or any(input_kind(f) != "text" for f in files):
+    if several_documents(files):
         chars.update(CHAR_DOC_SEPARATOR)
     if not chars:
         raise DataError("the corpus is empty: no characters in " + ", ".join(str(f) for f in files[:3]))
@@ -316,8 +307,7 @@ def token_encoder(tok: GPT2Tokenizer | CharTokenizer) -> Callable[[str], np.ndar
             try:
                 return enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
             except UnicodeEncodeError:
-                text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-                return enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+                return enc.encode_to_numpy(replace_lone_surrogates(text), allowed_special=set(), disallowed_special=())
 
         return bpe
     codes = np.array([ord(c) for c in tok.chars], dtype=np.int64)
@@ -383,12 +373,20 @@ def shard_name(split: str, index: int) -> str:
 class ShardSplit:
     """The shards of one split: complete ones (published or waiting for the next commit) and the one being
     written. A shard is finished under its temporary name; `publish()` (after the state that lists it is on
-    disk) renames it into place."""
+    disk) renames it into place, unless `hold`: a folder prepared again keeps its earlier data in place until
+    the new data is complete, and `publish_held()` then renames every complete shard at once."""
 
     def __init__(
-        self, out: Path, split: str, dtype: np.dtype, shard_tokens: int, complete: list[dict], partial: int
+        self,
+        out: Path,
+        split: str,
+        dtype: np.dtype,
+        shard_tokens: int,
+        complete: list[dict],
+        partial: int,
+        hold: bool = False,
     ) -> None:
-        self.out, self.split, self.dtype, self.shard_tokens = out, split, dtype, shard_tokens
+        self.out, self.split, self.dtype, self.shard_tokens, self.hold = out, split, dtype, shard_tokens, hold
         self.complete = list(complete)
         self.pending: list[dict] = []
         self.writer: TokenWriter | None = None
@@ -433,12 +431,17 @@ class ShardSplit:
             self.writer.sync()
 
     def publish(self) -> None:
-        for rec in self.pending:
-            path = self.out / rec["file"]
-            with name_os_errors(path):
-                os.replace(temp_name(path), path)
+        if not self.hold:
+            for rec in self.pending:
+                _rename_into_place(self.out / rec["file"])
         self.complete += self.pending
         self.pending = []
+
+    def publish_held(self) -> None:
+        """Every complete shard still under its temporary name, renamed into place."""
+        for rec in self.complete:
+            if partial_name(self.out / rec["file"]).is_file():
+                _rename_into_place(self.out / rec["file"])
 
     def close(self) -> None:
         """Close the open file (a failure: the caller decides what stays)."""
@@ -449,15 +452,21 @@ class ShardSplit:
                 pass
 
 
+def _rename_into_place(path: Path) -> None:
+    """The complete shard at `partial_name(path)` renamed to `path`."""
+    with name_os_errors(path):
+        os.replace(partial_name(path), path)
+
+
 def write_json_atomic(path: Path, obj: dict) -> None:
     """Write JSON under a temporary name, flush it to disk, then rename it into place.
 
     Not `tritongpt.files.atomic_write`: the temporary name here is the fixed `.name.tmp` that `OUR_TEMP` recognises,
     so one left by a killed run is known as ours (and cleaned up) rather than taken for a user's file."""
-    tmp = temp_name(path)
+    tmp = partial_name(path)
     try:
-        with name_os_errors(tmp), open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
+        with name_os_errors(tmp), open(tmp, "wb") as f:
+            f.write(json_bytes(obj))
             f.flush()
             os.fsync(f.fileno())
         with name_os_errors(path):
@@ -505,7 +514,14 @@ def _request_of_meta(meta: dict) -> dict:
 
 
 def _differences(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-    return [f"{k} {old[k]!r} -> {new.get(k)!r}" for k in old if k not in ignore and old[k] != new.get(k)]
+    """The settings that differ, input paths compared as the files they name (`./a.txt` is `a.txt`)."""
+
+    def same(key: str) -> bool:
+        if key == "inputs" and isinstance(old[key], list) and all(isinstance(p, str) for p in old[key]):
+            return [os.path.realpath(p) for p in old[key]] == [os.path.realpath(p) for p in new.get(key, [])]
+        return old[key] == new.get(key)
+
+    return [f"{k} {old[k]!r} -> {new.get(k)!r}" for k in old if k not in ignore and not same(k)]
 
 
 def _meta_files(out: Path, meta: dict) -> list[Path]:
@@ -522,20 +538,26 @@ class Plan:
     state: dict | None = None
     meta: dict | None = None
     replaces: list[str] = field(default_factory=list)  # our earlier files to remove once the new data is complete
+    why: str = ""  # why they are replaced, said once the new data is complete
 
 
 def plan_output(out: Path, request: dict, inputs_id: str, resume: bool, force: bool, log) -> Plan:
-    """Look at what the output folder holds and decide; refuse (DataError) where that would lose something."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"output {out} is a file, not a folder")
-    if not out.exists():
-        parent = next((a for a in out.absolute().parents if a.exists()), None)
-        if parent is not None and not parent.is_dir():
-            raise DataError(f"cannot make output folder {out}: {parent} is a file")
-        return Plan("start")
+    """Look at what the output folder (which exists) holds and decide; refuse (DataError) where that would lose
+    something. A folder whose meta.json matches is "done" only when every file it lists is there, whole."""
+    in_the_way = sorted(
+        p.name for p in out.iterdir() if (p.name in (META, STATE) or SHARD_NAME.match(p.name)) and not p.is_file()
+    )
+    if in_the_way:
+        raise DataError(f"{out / in_the_way[0]} is in the way: gpt prepare writes a file of that name; remove it")
     state_path = out / STATE
-    if state_path.is_file() and (out / META).is_file() and read_state(state_path).get("done"):
-        state_path.unlink()  # a finished run stopped just before removing its state
+    if state_path.is_file() and (out / META).is_file():
+        state = read_state(state_path)
+        try:
+            finished = state.get("done") and _listed(read_meta_file(out / META)) == _listed(state)
+        except DataError:
+            finished = False
+        if finished:
+            state_path.unlink()  # a finished run stopped just before removing its state
     if state_path.is_file() and not force:
         state = read_state(state_path)
         if not resume:
@@ -550,6 +572,12 @@ def plan_output(out: Path, request: dict, inputs_id: str, resume: bool, force: b
             raise DataError(
                 f"--resume: the unfinished prepare in {out} was started with other settings or inputs "
                 f"({'; '.join(diffs)}); --force starts over"
+            )
+        written = _tokens_written(state)
+        if request["max_tokens"] and written > request["max_tokens"]:
+            raise DataError(
+                f"--resume: the unfinished prepare in {out} has already written {written:,} tokens, more than "
+                f"--max-tokens {request['max_tokens']:,}; give at least that many, or --force to start over"
             )
         return Plan("resume", state=state, replaces=state.get("replaces", []))
     replaces: list[str] = []
@@ -567,36 +595,101 @@ def plan_output(out: Path, request: dict, inputs_id: str, resume: bool, force: b
             old = _request_of_meta(meta)
             diffs = _differences(old, request)
             if not diffs and meta.get("inputs_sha256") == inputs_id and not force:
-                return Plan("done", meta=meta)
-            if diffs and not force:
+                damage = _damage(out, meta)
+                if damage is None:
+                    return Plan("done", meta=meta)
+                why = f" ({damage})"
+            elif diffs and not force:
                 raise DataError(
                     f"{out} already holds data prepared with other settings ({'; '.join(diffs)}): --force "
                     "replaces it, or choose another --out"
                 )
             replaces = [p.name for p in _meta_files(out, meta)] + [META]
-            why = " (--force)" if force else "" if diffs else " (its inputs changed)"
+            why = why or (" (--force)" if force else "" if diffs else " (its inputs changed)")
             if meta["layout"] == "single" and not force:
                 why = " (written in the single-file format of an older gpt prepare)"
     strays = sorted(p.name for p in out.iterdir() if SHARD_NAME.match(p.name) and p.name not in replaces)
     if strays and not force:
         raise DataError(f"{out / strays[0]} exists and no {META} lists it: remove it, or --force to overwrite it")
-    if replaces:
-        log(f"note: replacing the earlier prepared data in {out}{why}")
     if resume and not force:
         log(f"note: nothing to resume in {out}: preparing from the start")
-    return Plan("start", replaces=replaces + strays)
+    return Plan("start", replaces=replaces + strays, why=why)
+
+
+def _listed(record: dict) -> dict:
+    """{split: [(file, tokens), ...]} of a meta.json or a state."""
+    return {s: [(r.get("file"), r.get("tokens")) for r in record.get("shards", {}).get(s, [])] for s in SPLITS}
+
+
+def _tokens_written(state: dict) -> int:
+    return sum(r["tokens"] for s in SPLITS for r in state["shards"][s]) + sum(state["partial"].values())
+
+
+def _damage(out: Path, meta: dict) -> str | None:
+    """What is wrong with the files a meta.json lists (missing, truncated, another length than it says), or
+    None: their headers and lengths are checked, not their contents (`check_folder` hashes those)."""
+    listed = {r["file"]: r["tokens"] for s in SPLITS for r in meta["shards"][s]} if meta["layout"] == "shards" else {}
+    for path in _meta_files(out, meta):
+        if not path.is_file():
+            return f"{path} is missing"
+        try:
+            _, count = read_header(path)
+        except (DataError, OSError) as e:
+            return str(e) if isinstance(e, DataError) else os_error_message(e)
+        if path.name in listed and count != listed[path.name]:
+            return f"{path} holds {count:,} tokens, not the {listed[path.name]:,} {out / META} lists"
+    return None
 
 
 def read_state(path: Path) -> dict:
+    """An unfinished prepare's progress file, checked: every entry of the type gpt prepare writes, every file
+    it names a plain name in the folder (a hand-edited one is refused, never followed)."""
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        state = parse_json(path.read_bytes())
+    except json.JSONDecodeError as e:
         raise DataError(f"{path} (an unfinished prepare's progress) is not JSON: {e}; --force starts over") from None
     keys = ("request", "inputs_sha256", "tokenizer", "dtype", "position", "shards", "partial")
     ours = isinstance(state, dict) and state.get("format") == "tritongpt-prepare-state"
     if not ours or any(k not in state for k in keys):
         raise DataError(f"{path} is not a gpt prepare progress file; --force starts over")
+    bad = _state_problem(state)
+    if bad:
+        raise DataError(f"{path} is damaged ({bad} is not what gpt prepare writes); --force starts over")
     return state
+
+
+def _state_problem(state: dict) -> str:
+    """The first entry of a state that is not of the type gpt prepare writes, or ""."""
+
+    def count(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+    def pair(x, kind) -> bool:
+        return isinstance(x, list) and len(x) == 2 and all(kind(v) for v in x)
+
+    def shard(r) -> bool:
+        return isinstance(r, dict) and is_plain_name(r.get("file")) and count(r.get("tokens"))
+
+    pos, shards, replaces = state["position"], state["shards"], state.get("replaces", [])
+    checks = {
+        "request": isinstance(state["request"], dict),
+        "inputs_sha256": isinstance(state["inputs_sha256"], str),
+        "tokenizer": isinstance(state["tokenizer"], dict),
+        "position": pos is None or isinstance(pos, dict),
+        "shards": isinstance(shards, dict)
+        and all(isinstance(shards.get(s), list) and all(shard(r) for r in shards[s]) for s in SPLITS),
+        "partial": isinstance(state["partial"], dict) and all(count(state["partial"].get(s)) for s in SPLITS),
+        "replaces": isinstance(replaces, list) and all(is_plain_name(n) for n in replaces),
+        "bytes_done": isinstance(state.get("bytes_done", 0), (int, float)),
+    }
+    if isinstance(pos, dict):
+        checks["position"] = (
+            all(count(pos.get(k, 0)) for k in ("file", "unit", "record", "documents", "empty_documents"))
+            and pair(pos.get("pending", [False, False]), lambda v: isinstance(v, bool))
+            and pair(pos.get("seen", [False, False]), lambda v: isinstance(v, bool))
+            and pair(pos.get("chars", [0, 0]), count)
+        )
+    return next((f"'{k}'" for k, ok in checks.items() if not ok), "")
 
 
 def _progress_text(state: dict) -> str:
@@ -613,18 +706,31 @@ def remove_our_temps(out: Path, keep: set[str] = frozenset()) -> None:
 
 
 def _recover_complete(out: Path, state: dict) -> None:
-    """Shards the state lists as complete: renamed into place, or still under their temporary name."""
+    """Shards the state lists as complete: renamed into place, or still under their temporary name. A folder
+    prepared again (the state `replaces` earlier files) keeps them under that name until its last commit
+    (`done`), when some may already be in place."""
+    hold = bool(state.get("replaces"))
     for split in SPLITS:
         for rec in state["shards"][split]:
             path = out / rec["file"]
-            if not path.is_file() and temp_name(path).is_file():
-                with name_os_errors(path):
-                    os.replace(temp_name(path), path)
-            if not path.is_file():
-                raise DataError(f"{path} is missing but {out / STATE} lists it as complete; --force starts over")
-            _, count = read_header(path)
+            if hold:
+                where = partial_name(path) if partial_name(path).is_file() or not state.get("done") else path
+            else:
+                if not path.is_file() and partial_name(path).is_file():
+                    _rename_into_place(path)
+                where = path
+            if not where.is_file():
+                raise DataError(f"{where} is missing but {out / STATE} lists it as complete; --force starts over")
+            _, count = read_header(where)
             if count != rec["tokens"]:
-                raise DataError(f"{path} holds {count:,} tokens, not the {rec['tokens']:,} {out / STATE} lists")
+                raise DataError(f"{where} holds {count:,} tokens, not the {rec['tokens']:,} {out / STATE} lists")
+
+
+def _state_temps(out: Path, state: dict) -> set[str]:
+    """The temporary files a state stands for: its complete shards not yet in place, and the partial ones."""
+    names = {partial_name(out / shard_name(s, len(state["shards"][s]))).name for s in SPLITS}
+    names |= {partial_name(out / r["file"]).name for s in SPLITS for r in state["shards"][s]}
+    return {n for n in names if (out / n).is_file()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -639,29 +745,6 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-class _Stop:
-    """SIGINT / SIGTERM during the run: the first asks for a stop after the current chunk, the second quits."""
-
-    def __init__(self, log) -> None:
-        self.requested, self.log, self.old = False, log, {}
-
-    def __enter__(self) -> _Stop:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def _handler(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.log(f"{signal.Signals(signum).name}: saving progress after the current chunk (again to quit at once)")
-
-    def __exit__(self, *exc) -> None:
-        for sig, h in self.old.items():
-            signal.signal(sig, h)
-
-
 def prepare(
     cfg: DataConfig,
     out_dir: str | Path | None = None,
@@ -673,9 +756,10 @@ def prepare(
 ) -> dict:
     """Prepare `cfg`'s corpus into `out_dir` (default `cfg.dir`); returns the folder's meta dict.
 
-    `workers` tokenizer threads (default: the cores available; 0: the main thread). `log` gets the notes
-    (default: stderr). Raises DataError (bad input, a refused output folder, a failed write: OSErrors are
-    turned into DataErrors naming the file) and Interrupted (Ctrl-C / SIGTERM, progress committed).
+    `workers` tokenizer threads (default: the cores available, and never more; 0: the main thread). `log` gets
+    the notes (default: stderr). Raises DataError (bad input, a refused output folder, a failed write: OSErrors
+    are turned into DataErrors naming the file), OutputError (another process writes into the folder: it holds
+    its lock) and Interrupted (Ctrl-C / SIGTERM, progress committed).
     """
     say = log or (lambda m: print(m, file=sys.stderr))
     out = Path(out_dir if out_dir is not None else cfg.dir)
@@ -685,59 +769,87 @@ def prepare(
     total_bytes = sum(p.stat().st_size for p in files)
     if total_bytes == 0:
         raise DataError("the corpus is empty: " + ", ".join(str(f) for f in files[:3]) + " hold no bytes")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output {out} is a file, not a folder")
+    parent = next((a for a in out.absolute().parents if a.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise DataError(f"cannot make output folder {out}: {parent} is a file")
+    created = not out.exists()
+    with name_os_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+    try:
+        with folder_lock(out, "gpt prepare"):
+            return _prepare_into(out, cfg, files, markdown, source, total_bytes, quiet, workers, resume, force, say)
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a folder this run made and left empty
+
+
+def _prepare_into(out, cfg, files, markdown, source, total_bytes, quiet, workers, resume, force, say) -> dict:
+    """`prepare` once the folder exists and is locked."""
     request, inputs_id = request_of(cfg), inputs_fingerprint(files)
     plan = plan_output(out, request, inputs_id, resume, force, say)
     if plan.action == "done":
         say(f"{out} is already prepared from the same inputs and settings: nothing to do (--force redoes it)")
         return load_meta(out)
-    workers = default_workers() if workers is None else workers
+    workers = thread_count(workers, say)
     state = plan.state
     if state is not None:
         tok = tokenizer_from_dict(state["tokenizer"])
     else:
-        tok = char_vocabulary(files, cfg, markdown) if cfg.tokenizer == "char" else get_tokenizer("gpt2")
-    dtype = token_dtype(tok.vocab_size)
-    created = not out.exists()
-    with name_os_errors(out):
-        out.mkdir(parents=True, exist_ok=True)
-    run = _Run(cfg, out, files, markdown, tok, dtype, request, inputs_id, plan.replaces)
+        try:
+            tok = char_vocabulary(files, cfg, markdown) if cfg.tokenizer == "char" else get_tokenizer("gpt2")
+        except (DataError, TokenizerError) as e:
+            raise DataError(f"{e}{_earlier_note(out, plan.replaces)}") from None
+    run = _Run(cfg, out, files, markdown, tok, token_dtype(tok.vocab_size), request, inputs_id, plan.replaces)
     try:
         if state is not None:
             _recover_complete(out, state)
-            partial_names = {temp_name(out / shard_name(s, len(state["shards"][s]))).name for s in SPLITS}
-            remove_our_temps(out, keep={n for n in partial_names if (out / n).is_file()} | {STATE})
+            remove_our_temps(out, keep=_state_temps(out, state) | {STATE})
             run.open(state["shards"], state["partial"], state["position"], state.get("bytes_done", 0.0))
             say(f"resuming {out}: {_progress_text(state)}")
         else:
             remove_our_temps(out)
             (out / STATE).unlink(missing_ok=True)
-            for name in plan.replaces:
-                (out / name).unlink(missing_ok=True)
             run.open({s: [] for s in SPLITS}, {s: 0 for s in SPLITS}, None, 0.0)
         show = not quiet and total_bytes >= PROGRESS_MIN_BYTES
-        with _Stop(say) as stop:
+        with StopRequest("saving progress after the current chunk", say) as stop:
             run.loop(workers, stop, Meter(total_bytes, f"prepare {out.name}", "MB", enabled=show, scale=1e-6))
         meta = run.finish(source, total_bytes)
+        if plan.replaces and plan.action == "start":
+            say(f"note: replaced the earlier prepared data in {out}{plan.why}")
+        return meta
     except Interrupted:
         run.close()
         raise
     except BaseException as e:
         run.fail()
-        if created and not any(out.iterdir()):
-            out.rmdir()  # a folder this run made and left empty
         if isinstance(e, OSError):
-            raise DataError(describe_os_error(e) + run.kept()) from None
+            raise DataError(os_error_message(e) + run.kept()) from None
         if isinstance(e, (DataError, TokenizerError)):
             raise DataError(f"{e}{run.kept()}") from None
         if isinstance(e, KeyboardInterrupt):
             raise KeyboardInterrupt(run.kept().lstrip("; ")) from None
         raise
-    return meta
 
 
-def describe_os_error(e: OSError) -> str:
-    what = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-    return f"{e.filename}: {what}" if e.filename else what
+def _earlier_note(out: Path, replaces: list[str]) -> str:
+    """For the message of a run that stopped while preparing a folder again: its earlier data is still there."""
+    if replaces and (out / META).is_file():
+        return f"; {out / META} and the data it lists are the earlier ones, untouched"
+    return ""
+
+
+def thread_count(workers: int | None, say: Callable[[str], None]) -> int:
+    """Tokenizer threads for `--workers`: the cores available by default; more than the cores adds no speed
+    (tokenizing is CPU work), only memory, so a larger N runs as many threads as there are cores, with a note."""
+    cores = default_workers()
+    if workers is None:
+        return cores
+    if workers > cores:
+        say(f"note: --workers {workers} is more than the {cores} cores available: tokenizing in {cores} threads")
+        return cores
+    return workers
 
 
 class _Run:
@@ -752,8 +864,9 @@ class _Run:
 
     def open(self, shards: dict, partial: dict, position: dict | None, bytes_done: float) -> None:
         self.committed = position is not None
+        hold = bool(self.replaces)
         for s in SPLITS:
-            self.splits.append(ShardSplit(self.out, s, self.dtype, self.cfg.shard_tokens, shards[s], partial[s]))
+            self.splits.append(ShardSplit(self.out, s, self.dtype, self.cfg.shard_tokens, shards[s], partial[s], hold))
         self.reader = CorpusReader(self.files, self.cfg, self.markdown, position)
         self.position = self.reader.position()
         self.bytes_done = bytes_done
@@ -762,12 +875,15 @@ class _Run:
     def tokens(self) -> int:
         return sum(s.total for s in self.splits)
 
-    def loop(self, workers: int, stop: _Stop, meter: Meter) -> None:
-        """Read, tokenize (in `workers` threads, in order) and write until the corpus or max_tokens ends."""
-        encode, sep = token_encoder(self.tok), separator(self.tok)
+    def loop(self, workers: int, stop: StopRequest, meter: Meter) -> None:
+        """Read, tokenize (in `workers` threads, in order) and write until the corpus or max_tokens ends. Reading
+        runs ahead of writing by at most 2 chunks per thread and READ_AHEAD_CHARS characters in all."""
+        encode = token_encoder(self.tok)
+        sep = separator(self.tok) if several_documents(self.files) else np.zeros(0, dtype=np.uint32)
         meter.skip(self.bytes_done)
         start_tokens, last_commit = self.tokens, time.monotonic()
         pending: deque[tuple[Chunk, Future | Encoded]] = deque()
+        ahead = 0  # characters read and not yet written
         chunks = self.reader.chunks()
         pool = ThreadPoolExecutor(workers, thread_name_prefix="tokenize") if workers else None
         try:
@@ -776,7 +892,9 @@ class _Run:
                     pending.append((chunk, encode_chunk(encode, chunk.segments, sep)))
                 else:
                     pending.append((chunk, pool.submit(encode_chunk, encode, chunk.segments, sep)))
-                while pending and (len(pending) > 2 * workers or pool is None):
+                ahead += chunk.chars
+                while pending and (len(pending) > 2 * workers or ahead > READ_AHEAD_CHARS or pool is None):
+                    ahead -= pending[0][0].chars
                     if self._write(*pending.popleft()):
                         return
                     last_commit = self._after_write(stop, meter, start_tokens, last_commit)
@@ -805,15 +923,16 @@ class _Run:
         self._last_bytes = chunk.nbytes
         return bool(limit) and self.tokens >= limit
 
-    def _after_write(self, stop: _Stop, meter: Meter, start_tokens: int, last_commit: float) -> float:
+    def _after_write(self, stop: StopRequest, meter: Meter, start_tokens: int, last_commit: float) -> float:
         elapsed = max(meter.elapsed, 1e-9)
         meter.update(self._last_bytes, f", {fmt_rate((self.tokens - start_tokens) / elapsed)} tokens/s")
         now = time.monotonic()
         if stop.requested:
             self.commit()
+            earlier = _earlier_note(self.out, self.replaces)
             raise Interrupted(
                 f"{self.out}: {_progress_text(self.state_dict())}; `gpt prepare ... --resume` continues from here "
-                "(the unfinished part is kept in hidden files), --force starts over"
+                f"(the unfinished part is kept in hidden files), --force starts over{earlier}"
             )
         if any(s.pending for s in self.splits) or now - last_commit >= COMMIT_SECONDS:
             self.commit()
@@ -887,12 +1006,17 @@ class _Run:
             "request": self.request,
             "inputs_sha256": self.inputs_id,
         }
-        write_json_atomic(self.out / META, meta)
         new = {r["file"] for s in self.splits for r in s.complete} | {META}
-        for name in self.replaces:
-            if name not in new:
-                (self.out / name).unlink(missing_ok=True)
-        (self.out / STATE).unlink(missing_ok=True)
+        with signals_deferred():  # the swap is never left half done by Ctrl-C; after a crash, --resume ends it
+            if self.replaces:  # from here the folder reads as unfinished, never as a mix of earlier and new files
+                (self.out / META).unlink(missing_ok=True)
+                for s in self.splits:
+                    s.publish_held()
+            write_json_atomic(self.out / META, meta)
+            for name in self.replaces:
+                if name not in new:
+                    (self.out / name).unlink(missing_ok=True)
+            (self.out / STATE).unlink(missing_ok=True)
         return load_meta(self.out)
 
     def close(self) -> None:
@@ -904,10 +1028,7 @@ class _Run:
         self.close()
         try:
             if self.committed and (self.out / STATE).is_file():
-                state = read_state(self.out / STATE)
-                keep = {temp_name(self.out / shard_name(s, len(state["shards"][s]))).name for s in SPLITS}
-                keep |= {temp_name(self.out / r["file"]).name for s in SPLITS for r in state["shards"][s]}
-                remove_our_temps(self.out, keep=keep)
+                remove_our_temps(self.out, keep=_state_temps(self.out, read_state(self.out / STATE)))
             elif self.out.is_dir():
                 remove_our_temps(self.out)
                 self.committed = False
@@ -915,13 +1036,16 @@ class _Run:
             pass
 
     def kept(self) -> str:
+        """What a run that stopped leaves, for its message: the progress `--resume` continues from, and the
+        earlier data of a folder prepared again (still in place)."""
+        earlier = _earlier_note(self.out, self.replaces)
         if not self.committed:
-            return ""
+            return earlier
         try:
             progress = _progress_text(read_state(self.out / STATE))
         except (OSError, DataError):
-            return ""
-        return f"; kept {progress} in {self.out}: `--resume` continues, --force starts over"
+            return earlier
+        return f"; kept {progress} in {self.out}: `--resume` continues, --force starts over{earlier}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -941,9 +1065,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-field", metavar="NAME", help="JSON Lines field / Parquet column of the text (text)")
     p.add_argument("--shard-tokens", type=int, metavar="N", help="tokens per shard file (100,000,000)")
     p.add_argument("--max-tokens", type=int, metavar="N", help="stop after N tokens, train + val (a sample)")
-    p.add_argument("--workers", type=int, metavar="N", help="tokenizer threads (default: the cores available)")
+    p.add_argument(
+        "--workers", type=int, metavar="N", help="tokenizer threads (default and at most: the cores available)"
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted prepare in --out")
     p.add_argument("--force", action="store_true", help="start over / replace what --out holds")
+    p.add_argument(
+        "--check", metavar="DIR", help="only check a prepared folder: every shard whole, its sha256 as meta.json says"
+    )
     add_set_argument(p, "data")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -967,15 +1096,24 @@ def config_from_args(args: argparse.Namespace) -> DataConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.check is not None:
+        given = [k for k, v in vars(args).items() if k not in ("check", "quiet") and v not in (None, False, [])]
+        if given:
+            parser.error(f"--check DIR takes no other options (got --{given[0].replace('_', '-')})")
     try:
-        cfg = config_from_args(args)
-        meta = prepare(cfg, quiet=args.quiet, workers=args.workers, resume=args.resume, force=args.force)
+        if args.check is not None:
+            line = check_folder(Path(args.check))
+        else:
+            cfg = config_from_args(args)
+            meta = prepare(cfg, quiet=args.quiet, workers=args.workers, resume=args.resume, force=args.force)
+            line = _summary(cfg.dir, meta)
     except (ConfigError, DataError, TokenizerError) as e:
         print(f"gpt prepare: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"gpt prepare: error: {describe_os_error(e)}", file=sys.stderr)
+        print(f"gpt prepare: error: {os_error_message(e)}", file=sys.stderr)
         return 2
     except Interrupted as e:
         print(f"gpt prepare: interrupted: {e}", file=sys.stderr)
@@ -983,27 +1121,58 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"gpt prepare: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
-    s = meta["split"]
-    n = {k: len(meta["shards"][k]) if "shards" in meta else 1 for k in SPLITS}
-    line = (
-        f"{cfg.dir}: {s['train_tokens']:,} train tokens in {n['train']} shard(s) + {s['val_tokens']:,} val tokens "
-        f"in {n['val']} ({meta['tokenizer']['type']} tokenizer, vocab {meta['vocab_size']:,}, {meta['dtype']})"
-    )
     try:
         print(line)
         sys.stdout.flush()
     except (BrokenPipeError, ValueError):  # nobody reads stdout any more: the work is done all the same
-        _silence_stdout()
+        silence_stdout()
+    except StdoutError as e:  # a full disk: said (exit 2), but the data is complete
+        raise StdoutError(e if args.check else f"{e} (the data is complete all the same)") from None
     return 0
 
 
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush does not raise again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
+def _summary(out: str, meta: dict) -> str:
+    s = meta["split"]
+    n = {k: len(meta["shards"][k]) if "shards" in meta else 1 for k in SPLITS}
+    return (
+        f"{out}: {s['train_tokens']:,} train tokens in {n['train']} shard(s) + {s['val_tokens']:,} val tokens "
+        f"in {n['val']} ({meta['tokenizer']['type']} tokenizer, vocab {meta['vocab_size']:,}, {meta['dtype']})"
+    )
+
+
+def check_folder(d: Path) -> str:
+    """`gpt prepare --check DIR`: every file meta.json lists read whole, its header, length and the sha256 of its
+    tokens against what meta.json records; nothing is changed. The summary line, or a DataError naming the
+    first file that differs."""
+    if d.exists() and not d.is_dir():
+        raise DataError(f"--check {d}: a file, not a prepared folder")
+    if not (d / META).is_file():
+        if (d / STATE).is_file():
+            raise DataError(f"{d} holds an unfinished gpt prepare (no {META} yet): finish it with --resume")
+        raise DataError(f"{d} has no {META} of gpt prepare: nothing recorded to check against")
+    meta = read_meta_file(d / META)
+    if meta["layout"] != "shards":
+        raise DataError(f"{d / META} is from an older gpt prepare that records no sha256: prepare {d} again")
+    damage = _damage(d, meta)
+    if damage is not None:
+        raise DataError(damage)
+    records = [r for s in SPLITS for r in meta["shards"][s]]
+    for rec in records:
+        path, want = d / rec["file"], rec.get("sha256")
+        if not isinstance(want, str):
+            raise DataError(f"{d / META} records no sha256 for {rec['file']}")
+        sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            f.seek(HEADER.size)
+            while block := f.read(HASH_BLOCK):
+                sha.update(block)
+        if sha.hexdigest() != want:
+            raise DataError(
+                f"{path}: the sha256 of its tokens is {sha.hexdigest()[:16]}..., not the {want[:16]}... that "
+                f"{d / META} records (the file changed after gpt prepare wrote it): prepare it again (--force)"
+            )
+    tokens = sum(r["tokens"] for r in records)
+    return f"{d}: {len(records)} shards, {tokens:,} tokens: each whole and matching the sha256 {META} records"
 
 
 if __name__ == "__main__":

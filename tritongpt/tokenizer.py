@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
+from tritongpt.files import parse_json
+
 ENDOFTEXT = "<|endoftext|>"
 GPT2_EOT_ID = 50256
 
@@ -240,7 +242,7 @@ def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:
 
 def load_tokenizer(path: str | Path) -> GPT2Tokenizer | CharTokenizer:
     try:
-        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        d = parse_json(Path(path).read_bytes())
     except (OSError, json.JSONDecodeError) as e:
         raise TokenizerError(f"cannot read tokenizer file {path}: {e}") from None
     return tokenizer_from_dict(d)

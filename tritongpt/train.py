@@ -5,27 +5,24 @@
     gpt train --config demo --resume                             # continue from the newest good checkpoint
     torchrun --nproc_per_node 8 -m tritongpt.train --config train-gpt2-124m
 
-A preset's `[model]` table builds `GPTConfig`, `[train]` builds `TrainConfig` and `[data]` says where the
-prepared token files are (`gpt prepare` writes them). The model's `vocab_size` (rows of the embedding and
-head) must hold the prepared tokenizer's vocabulary; when it is larger the extra rows are padding (nanoGPT's
-50304 for GPT-2's 50257 keeps the head's matmul on tensor-core sizes): the model's `real_vocab_size` is set
-to the data's, so they are never targets, never sampled and not exported.
+A preset's `[model]`, `[train]` and `[data]` tables build `GPTConfig`, `TrainConfig` and `DataConfig`
+(`tritongpt.config`); `gpt prepare` writes the token files `[data]` names. A model `vocab_size` larger than the
+data's vocabulary is padding (nanoGPT's 50304 for GPT-2's 50257 keeps the head's matmul on tensor-core sizes):
+`real_vocab_size` is set to the data's, so the extra rows are never targets, never sampled and not exported.
 
 One optimizer step reads `batch_size * grad_accum * world_size` windows of `context_length` tokens; the
-learning rate rises linearly over `warmup_steps`, then follows a cosine down to `min_lr` at
-`lr_decay_steps` (default: the last step) and stays there. AdamW decays only the matrices (parameters with
-two or more dimensions: linear weights and embeddings), never biases or LayerNorm parameters.
+learning rate rises linearly over `warmup_steps`, then follows a cosine down to `min_lr` at `lr_decay_steps`
+(default: the last step) and stays there. AdamW decays only the matrices (linear weights and embeddings).
 
-A run folder (`out_dir`) holds `metrics.jsonl` (one strict JSON record per logged step, eval and skipped
-step; `null` for a non-finite number), `loss.png` and `ckpt-<step>.pt` checkpoints (the last `keep_checkpoints`
-readable ones); a fresh run in a used folder moves the earlier run's files to the first free `previous-N/`,
-after the data, configs and folder have been checked. A checkpoint has everything a step depends on (weights,
-AdamW state, step, sampler position, every RNG), so on CPU a resumed run is bit-identical to one that never
-stopped; resuming refuses data prepared with another tokenizer. Ctrl-C (or SIGTERM) finishes the current step,
+The run folder (`out_dir`) holds `metrics.jsonl` and `loss.png` (`tritongpt.metrics`) and the checkpoints
+(`tritongpt.checkpoint.Checkpointer`: the newest `keep_checkpoints`, an earlier run set aside into `previous-N/`),
+and one writer: a second `gpt train` into it while one runs is refused, naming the first (`.gpt.lock`).
+A checkpoint has everything a step depends on (weights, AdamW state, step, sampler position, every RNG), so on
+CPU a resumed run is bit-identical to one that never stopped. Ctrl-C (or SIGTERM) finishes the current step,
 saves and exits. A step whose loss or gradient norm is not finite is skipped (the weights are not touched);
 after `max_bad_steps` of them in a row, or at a non-finite validation loss, the run stops with exit status 1
-and saves nothing. A checkpoint that cannot be written (a full disk) is tried again after a pause; if it still
-fails the run stops with exit status 2, naming the last good checkpoint.
+and saves nothing. A checkpoint that cannot be written even after pauses stops the run with exit status 2,
+naming the last good checkpoint.
 
 Limits: MFU is reported against the dense bf16 peak of the GPUs in `tritongpt.flops`; on CPU and on
 unknown GPUs it is left out. A resumed DDP run restores each rank's RNG only when the world size is the same.
@@ -36,147 +33,33 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import random
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from tritongpt.checkpoint import (
-    CheckpointError,
-    checkpoint_path,
-    list_checkpoints,
-    load_newest_good,
-    model_payload,
-    prune_checkpoints,
-    readable,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from tritongpt.config import (
-    KNOWN_TABLES,
-    ConfigError,
-    GPTConfig,
-    add_set_argument,
-    check_fields,
-    load_toml,
-    merge,
-    parse_overrides,
-    section,
-)
-from tritongpt.data import DataError, WindowSampler, check_token_range, open_split, split_files
-from tritongpt.files import OutputError, atomic_write, check_output_dir, os_error_message, signals_deferred
-from tritongpt.flops import device_peak_flops, flops_per_token, mfu
+from tritongpt.backend import check_backend_runs
+from tritongpt.checkpoint import Checkpointer, CheckpointError, model_payload, rng_state, set_rng_state
+from tritongpt.config import ConfigError, DataConfig, GPTConfig, TrainConfig, add_set_argument, load_configs
+from tritongpt.data import DataError, WindowSampler, check_token_ids, open_split, read_data_tokenizer
+from tritongpt.files import OutputError, StdoutError, StopRequest, check_output_dir, folder_lock, os_error_message
+from tritongpt.flops import device_peak_flops, flops_per_token
 from tritongpt.generate import GenerationError, generate
 from tritongpt.hellaswag import evaluate_hellaswag, load_hellaswag
+from tritongpt.metrics import MetricsLog
 from tritongpt.model import GPT, TRAINING_BYTES_PER_PARAM, check_model_fits
-from tritongpt.ops import check_backend_runs
-from tritongpt.prepare import DataConfig, load_meta
-from tritongpt.progress import ProgressLine, bar, fmt_rate, fmt_time
-from tritongpt.tokenizer import TokenizerError, tokenizer_from_dict
-
-SAVE_RETRY_WAITS_S = (10.0, 60.0)  # pauses before the 2nd and 3rd attempt at a checkpoint that failed to save
-
-Precision = Literal["auto", "fp32", "bf16"]
-FULL_SCAN_TOKENS = 1 << 28  # token ids of a split up to this size are all checked at start-up (see _check_token_ids)
-Device = Literal["auto", "cpu", "cuda"]
-
-
-@dataclass
-class TrainConfig:
-    out_dir: str = "runs/default"  # run folder: checkpoints, metrics.jsonl, loss.png
-    device: Device = "auto"  # "auto": CUDA when there is a GPU
-    seed: int = 1337
-    # batch: one optimizer step = batch_size * grad_accum * world_size windows of context_length tokens
-    batch_size: int = 32  # windows per micro-batch, per process
-    grad_accum: int = 1  # micro-batches summed into one optimizer step
-    max_steps: int = 1000
-    max_tokens: int = 0  # when > 0, sets max_steps = ceil(max_tokens / tokens per step)
-    max_time_s: float = 0.0  # when > 0, stop (evaluate, save) once training has run this long
-    # optimizer and schedule
-    lr: float = 6e-4  # peak learning rate, reached at the end of warmup
-    min_lr: float = 6e-5  # floor of the cosine decay
-    warmup_steps: int = 100
-    lr_decay_steps: int = 0  # step where the cosine reaches min_lr; 0: max_steps
-    weight_decay: float = 0.1  # on matrices only
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
-    max_bad_steps: int = 5  # stop after this many non-finite steps in a row
-    # speed
-    precision: Precision = "auto"  # "auto": bf16 autocast on CUDA (when supported), fp32 elsewhere
-    compile: bool = False  # torch.compile the model
-    num_threads: int = 0  # CPU threads for torch; 0: torch's default
-    # evaluation, samples, logging, checkpoints
-    eval_interval: int = 250  # steps between evaluations (and at the end)
-    eval_batches: int = 20  # fixed validation batches per evaluation, batch_size windows per process each
-    hellaswag: str = ""  # path to hellaswag_val.jsonl: accuracy at each evaluation (tritongpt/hellaswag.py); "": none
-    hellaswag_limit: int = 0  # only its first N examples; 0: all
-    sample_tokens: int = 200  # tokens sampled at each evaluation; 0: none
-    final_sample_tokens: int = 500  # tokens sampled and printed at the end; 0: none
-    sample_prompt: str = "\n"
-    temperature: float = 0.8
-    top_k: int = 0  # 0: sample from the whole distribution
-    log_interval: int = 10  # steps between metrics records (and progress lines when not on a terminal)
-    checkpoint_interval: int = 0  # steps between checkpoints; 0: only at the end (and on Ctrl-C)
-    keep_checkpoints: int = 3  # newest checkpoints kept; 0: all
-    plot: bool = True  # write loss.png at the end and with each checkpoint
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        for name in ("batch_size", "grad_accum", "eval_batches", "log_interval", "max_bad_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in (
-            "max_steps",
-            "max_tokens",
-            "warmup_steps",
-            "lr_decay_steps",
-            "eval_interval",
-            "checkpoint_interval",
-            "keep_checkpoints",
-            "num_threads",
-            "sample_tokens",
-            "final_sample_tokens",
-            "top_k",
-            "hellaswag_limit",
-        ):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.seed < 2**32:  # numpy's global seed takes 32 bits
-            raise ConfigError(f"train.seed must be in [0, 2**32), got {self.seed}")
-        for f in dataclasses.fields(self):  # nan passes no range check below and inf no sensible one
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"train.{f.name} must be a finite number, got {value}")
-        if self.lr < 0:
-            raise ConfigError(f"train.lr must be >= 0, got {self.lr}")
-        if not 0.0 <= self.min_lr <= self.lr:
-            raise ConfigError(f"train.min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
-        for name in ("beta1", "beta2"):  # AdamW's moment decays
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.eps <= 0:
-            raise ConfigError(f"train.eps must be > 0 (AdamW divides by sqrt(v) + eps), got {self.eps}")
-        for name in ("grad_clip", "weight_decay", "max_time_s", "temperature"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-
+from tritongpt.tokenizer import TokenizerError
 
 # ---------------------------------------------------------------------------------------------------------
-# Pieces with a formula: schedule, parameter groups, FLOPs
+# Pieces with a formula: schedule, parameter groups, the vocabulary
 
 
 def lr_at(step: int, cfg: TrainConfig, max_steps: int | None = None) -> float:
@@ -204,25 +87,34 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def strict_json(value: Any) -> Any:
-    """`value` with every non-finite float replaced by None, so `json.dumps(..., allow_nan=False)` writes
-    strict JSON (bare NaN and Infinity are not JSON; strict parsers reject them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
+def fit_vocabulary(model_cfg: GPTConfig, data_vocab: int, data_dir: str) -> GPTConfig:
+    """`model_cfg` with `real_vocab_size` set for data of `data_vocab` tokens: the data's size where the model's
+    vocabulary is larger (the rows past it are padding), else 0. ConfigError where the model's is too small."""
+    if data_vocab > model_cfg.vocab_size:
+        raise ConfigError(
+            f"the prepared data in {data_dir} has a {data_vocab}-token vocabulary, more than "
+            f"model.vocab_size = {model_cfg.vocab_size}; raise model.vocab_size"
+        )
+    if model_cfg.real_vocab_size not in (0, data_vocab):
+        raise ConfigError(
+            f"model.real_vocab_size = {model_cfg.real_vocab_size}, but the prepared data in {data_dir} has "
+            f"a {data_vocab}-token vocabulary; leave it unset (the data decides it)"
+        )
+    padded = data_vocab < model_cfg.vocab_size
+    return dataclasses.replace(model_cfg, real_vocab_size=data_vocab if padded else 0)
 
 
-def _tokenizer_name(record: Any) -> str:
-    """'gpt2' or 'char (65 characters)', for messages that compare two tokenizer records."""
-    if not isinstance(record, dict):
-        return repr(record)
-    if record.get("type") == "char":
-        return f"char ({len(str(record.get('chars', '')))} characters)"
-    return str(record.get("type"))
+def sample_start(prompt: str, tok, data_dir: str) -> list[int]:
+    """The ids samples start from: `train.sample_prompt` encoded, or <|endoftext|> (else id 0) for an empty one.
+    ConfigError naming the prompt where the data's tokenizer cannot encode it (checked before training); only
+    the default, a newline, falls back quietly (a character corpus without one)."""
+    try:
+        ids = tok.encode(prompt) if prompt else []
+    except TokenizerError as e:
+        if prompt != TrainConfig.sample_prompt:
+            raise ConfigError(f"train.sample_prompt {prompt!r}: {e} of the data in {data_dir}") from None
+        ids = []
+    return ids or [tok.eot_id if tok.eot_id is not None else 0]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -268,15 +160,14 @@ class TrainingStopped(RuntimeError):
 
 
 class Trainer:
-    """Builds model, optimizer and data from the three configs; `fit()` runs the loop."""
+    """Builds model, optimizer and data from the three configs; `fit()` runs the loop. The run folder's files
+    are its `checkpoints` (a Checkpointer) and `metrics` (a MetricsLog); the DDP collectives are here."""
 
     def __init__(
         self, model_cfg: GPTConfig, cfg: TrainConfig, data_cfg: DataConfig, resume: bool = False, verbose: bool = True
     ) -> None:
         self.cfg, self.data_cfg = cfg, data_cfg
         self.dist, self.device = setup_distributed(cfg.device)
-        self.verbose = verbose and self.dist.master
-        self.progress = ProgressLine(self.verbose, sys.stdout)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -287,45 +178,32 @@ class Trainer:
             self.precision = "bf16" if bf16_ok else "fp32"
         self.run_dir = Path(cfg.out_dir)
         # everything is checked before anything on disk is touched (an earlier run is set aside only at the end)
-        self._check_where_it_runs(model_cfg.backend)
+        try:
+            check_backend_runs(model_cfg.backend, self.device)
+        except ValueError as e:
+            raise ConfigError(f"model.backend: {e}") from None
+        if self.dist.master:
+            check_output_dir(self.run_dir, "train.out_dir")
 
         # data
-        self.meta, self.tok = self._read_data_meta(data_cfg.dir, data_cfg.missing_hint())
-        data_vocab = int(self.meta["vocab_size"])
-        if data_vocab > model_cfg.vocab_size:
-            raise ConfigError(
-                f"the prepared data in {data_cfg.dir} has a {data_vocab}-token vocabulary, more than "
-                f"model.vocab_size = {model_cfg.vocab_size}; raise model.vocab_size"
-            )
-        if model_cfg.real_vocab_size not in (0, data_vocab):
-            raise ConfigError(
-                f"model.real_vocab_size = {model_cfg.real_vocab_size}, but the prepared data in {data_cfg.dir} has "
-                f"a {data_vocab}-token vocabulary; leave it unset (the data decides it)"
-            )
-        padded = data_vocab < model_cfg.vocab_size  # the rows past data_vocab are padding
-        model_cfg = dataclasses.replace(model_cfg, real_vocab_size=data_vocab if padded else 0)
-        self.model_cfg = model_cfg
-        T = model_cfg.context_length
         d = Path(data_cfg.dir)
+        self.meta, self.tok = read_data_tokenizer(d, data_cfg.missing_hint())
+        data_vocab = self.tok.vocab_size
+        self.model_cfg = model_cfg = fit_vocabulary(model_cfg, data_vocab, data_cfg.dir)
+        T = model_cfg.context_length
         train_tokens, val_tokens = open_split(d, "train"), open_split(d, "val")
-        self._check_token_ids(d, data_vocab, {"train": train_tokens, "val": val_tokens})
-        self.sampler = WindowSampler(
-            train_tokens,  # every shard, windows drawn across them
-            T,
-            cfg.batch_size,
-            cfg.seed,
-            cfg.grad_accum,
-            self.dist.world_size,
-            name=f"the train split of {d}",
-            vocab_size=data_vocab,
+        check_token_ids(d, self.meta, data_vocab, {"train": train_tokens, "val": val_tokens})
+        ranks = self.dist.world_size
+        self.sampler = WindowSampler(  # every shard, windows drawn across them
+            train_tokens, T, cfg.batch_size, cfg.seed, cfg.grad_accum, ranks, f"the train split of {d}", data_vocab
         )
-        val = WindowSampler(
-            val_tokens, T, cfg.batch_size, cfg.seed, 1, self.dist.world_size, f"the val split of {d}", data_vocab
-        )
+        val = WindowSampler(val_tokens, T, cfg.batch_size, cfg.seed, 1, ranks, f"the val split of {d}", data_vocab)
         self.val_batches = val.fixed_batches(cfg.eval_batches, self.dist.rank)
-        self.tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size * T
+        self.tokens_per_step = cfg.batch_size * cfg.grad_accum * ranks * T
         self.max_steps = math.ceil(cfg.max_tokens / self.tokens_per_step) if cfg.max_tokens else cfg.max_steps
         self.hellaswag = load_hellaswag(cfg.hellaswag, self.tok, T, cfg.hellaswag_limit) if cfg.hellaswag else None
+        sampling = cfg.sample_tokens or cfg.final_sample_tokens
+        self.sample_ids = sample_start(cfg.sample_prompt, self.tok, data_cfg.dir) if sampling else []
 
         # model and optimizer: the same seed on every rank gives the same initial weights
         torch.manual_seed(cfg.seed)
@@ -342,89 +220,40 @@ class Trainer:
         )
         if self.dist.rank:  # dropout masks differ between ranks
             torch.manual_seed(cfg.seed + self.dist.rank)
-        self.step = 0
-        self.bad_steps = 0
-        self.best_val = float("inf")
-        self.last_val: float | None = None
+
+        # the run folder's files
+        master = self.dist.master
+        self.metrics = MetricsLog(
+            self.run_dir, self.tokens_per_step, self.max_steps, cfg.log_interval, plot=cfg.plot, enabled=master,
+            verbose=verbose, flops_per_token=flops_per_token(self.model), peak_flops=device_peak_flops(self.device),
+            world_size=ranks, device=self.device,
+        )  # fmt: skip
+        self.checkpoints = Checkpointer(self.run_dir, cfg.keep_checkpoints, self.log)
+        self.step, self.bad_steps = 0, 0
+        self.best_val, self.last_val = float("inf"), None
         self.resumed_from: Path | None = None
         if resume:
             self._resume()
-        elif self.dist.master:
-            self._set_aside_previous_run()
 
         self.fwd = torch.compile(self.model) if cfg.compile else self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.fwd = DDP(self.fwd, device_ids=ids)
-        self.flops_per_token = flops_per_token(self.model)
-        self.peak = device_peak_flops(self.device)
-        self._stop_requested = False  # set by the signal handler, on this rank only
+            self.fwd = DDP(self.fwd, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.stop = StopRequest("finishing this step, saving a checkpoint, then stopping", self.log)  # this rank's
         self._stop_agreed = False  # some rank had a stop request at the last step's all-reduce
-        self._time_up = False  # set when max_time_s has passed; agreed on by all ranks in train_step
+        self._time_requested = False  # this rank's clock says max_time_s has passed
+        self._time_up = False  # some rank's clock said so at the last step's all-reduce
 
-    # ------------------------------------------------------------------ start-up checks
-    def _check_where_it_runs(self, backend: str) -> None:
-        """The backend runs on this device and the run folder can take files (rank 0 writes them)."""
-        try:
-            check_backend_runs(backend, self.device)
-        except ValueError as e:
-            raise ConfigError(f"model.backend: {e}") from None
-        if self.dist.master:
-            check_output_dir(self.run_dir, "train.out_dir")
+    def log(self, text: str) -> None:
+        self.metrics.log(text)
 
-    def _read_data_meta(self, data_dir: str, hint: str = "") -> tuple[dict[str, Any], Any]:
-        """What the data folder holds (`tritongpt.data.load_meta`) and its tokenizer; DataError naming the file for a
-        missing or bad tokenizer record or vocabulary size; `hint` says how to get data that is missing."""
-        meta = load_meta(data_dir, hint)
-        where = Path(data_dir) / "meta.json"
-        if not isinstance(meta.get("tokenizer"), dict):
-            raise DataError(f"{where} has no 'tokenizer' record: prepare the data again (gpt prepare)")
-        vocab = meta.get("vocab_size")
-        if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
-            raise DataError(f"{where}: 'vocab_size' must be a positive integer, got {vocab!r}")
-        try:
-            tok = tokenizer_from_dict(meta["tokenizer"])
-        except TokenizerError as e:
-            raise DataError(f"{where}: bad tokenizer record: {e}") from None
-        if tok.vocab_size != vocab:
-            raise DataError(f"{where}: vocab_size {vocab} does not match its tokenizer's {tok.vocab_size}")
-        return meta, tok
-
-    def _check_token_ids(self, data_dir: Path, vocab_size: int, splits: dict[str, list[np.ndarray]]) -> None:
-        """Every token id below the vocabulary, file by file, before anything on disk is touched -- for data up
-        to FULL_SCAN_TOKENS per split (a fraction of a second). Larger data (FineWeb's billions of tokens) is
-        not read whole at start-up: the samplers check each window as they read it, naming the split."""
-        for split, arrays in splits.items():
-            if sum(len(a) for a in arrays) > FULL_SCAN_TOKENS:
-                continue
-            for path, tokens in zip(split_files(data_dir, split, self.meta), arrays, strict=True):
-                check_token_range(tokens, vocab_size, path)
-
-    def _check_same_tokenizer(self, path: Path, ckpt: dict[str, Any]) -> None:
-        """--resume: the prepared data must use the tokenizer the checkpoint was trained with."""
-        saved, mine = ckpt.get("tokenizer"), self.tok.to_dict()
-        if saved == mine:
-            return
-        detail = ""
-        if isinstance(saved, dict) and saved.get("type") == mine.get("type") == "char":
-            a, b = set(str(saved.get("chars", ""))), set(mine["chars"])
-            detail = f" (characters only in the checkpoint's: {''.join(sorted(a - b))!r}; only in the data's: "
-            detail += f"{''.join(sorted(b - a))!r})"
-        data_dir = ckpt.get("data_config", {}).get("dir", "?") if isinstance(ckpt.get("data_config"), dict) else "?"
-        raise CheckpointError(
-            f"--resume: {path} was trained on {data_dir} with the {_tokenizer_name(saved)} tokenizer, but the "
-            f"prepared data in {self.data_cfg.dir} uses the {_tokenizer_name(mine)} tokenizer{detail}; resume with "
-            "the data it was trained on, or start a fresh run"
-        )
-
-    # ------------------------------------------------------------------ state
     def autocast(self):
         if self.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
         """The checkpoint payload (rank 0 writes it; every rank must call this under DDP)."""
         rng = rng_state()
@@ -454,23 +283,11 @@ class Trainer:
         }
 
     def _resume(self) -> None:
-        # to the CPU: the RNG states must be CPU tensors; load_state_dict moves weights and AdamW state over
-        skipped: list[str] = []
-        found = load_newest_good(self.run_dir, map_location="cpu", warn=lambda m: (skipped.append(m), self.log(m)))
-        if found is None:
-            detail = "; ".join(skipped) or "no ckpt-NNNNNNNN.pt files"
-            raise CheckpointError(f"--resume: no usable checkpoint in {self.run_dir} ({detail})")
-        path, ckpt = found
-        saved = ckpt["model_config"]
-        mine = dataclasses.asdict(self.model_cfg)
-        default = dataclasses.asdict(GPTConfig())  # what a field missing from an older checkpoint meant
-        diff = sorted(k for k in mine if k != "backend" and saved.get(k, default[k]) != mine[k])
-        if diff:
-            changes = ", ".join(f"{k}: {saved.get(k, default[k])!r} -> {mine[k]!r}" for k in diff)
-            if "vocab_size" in diff and "real_vocab_size" not in saved:  # trained when the vocabulary was cut
-                changes += f"; a run from before padded vocabularies: add --set model.vocab_size={saved['vocab_size']}"
-            raise CheckpointError(f"--resume: {path} was trained with a different model config ({changes})")
-        self._check_same_tokenizer(path, ckpt)
+        """Continue from the newest usable checkpoint (`Checkpointer.resume_from` checks that it fits)."""
+        train_cfg = dataclasses.asdict(self.cfg)
+        path, ckpt = self.checkpoints.resume_from(
+            self.model_cfg, self.tok.to_dict(), self.data_cfg.dir, train_cfg, self.dist.world_size
+        )
         try:  # a file that loads but whose entries do not fit: a named error, never a traceback
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -479,13 +296,6 @@ class Trainer:
             self.best_val = float(ckpt.get("best_val_loss", float("inf")))
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"--resume: {path} does not fit this model and optimizer: {e}") from None
-        s = ckpt.get("sampler", {})
-        if (s.get("batch_size"), s.get("grad_accum"), s.get("world_size")) != (
-            self.cfg.batch_size,
-            self.cfg.grad_accum,
-            self.dist.world_size,
-        ):
-            self.log(f"note: the batch layout changed since {path.name}; the data order will differ")
         ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
         if len(ranks) == self.dist.world_size:
             try:
@@ -494,63 +304,30 @@ class Trainer:
                 raise CheckpointError(f"--resume: {path} has an unusable RNG state: {e}") from None
         else:
             torch.manual_seed(self.cfg.seed + self.dist.rank + self.step)
-        saved_cfg = ckpt.get("train_config") if isinstance(ckpt.get("train_config"), dict) else {}
-        changed = sorted(k for k, v in dataclasses.asdict(self.cfg).items() if saved_cfg.get(k) != v)
-        if changed:
-            self.log(f"note: train config differs from {path.name} in: {', '.join(changed)}")
         self.resumed_from = path
         self.log(f"resumed from {path} at step {self.step}")
+
+    def save(self) -> Path | None:
+        """Write this step's checkpoint (rank 0, through the Checkpointer), then redraw the plot.
+
+        CheckpointError on every rank if rank 0 could not write it; the message names the last good one.
+        """
+        state = self.state()  # collective under DDP
+        path, error = None, None
         if self.dist.master:
-            self._truncate_metrics(self.step)
-
-    # ------------------------------------------------------------------ logging
-    def log(self, text: str) -> None:
-        if self.verbose:
-            self.progress.print(text)
-
-    def record(self, rec: dict[str, Any]) -> None:
-        """Append one record to metrics.jsonl as strict JSON: a non-finite number is written as null."""
-        if not self.dist.master:
-            return
-        line = json.dumps(strict_json(rec), allow_nan=False)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-
-    def _set_aside_previous_run(self) -> None:
-        """A fresh run in a used folder: move the earlier run's checkpoints, metrics and plot into the first
-        free `previous-N/` (N = 1, 2, ...), so `--resume` can never pick up a checkpoint of the earlier run and
-        nothing of it is lost. Ctrl-C waits until the move is complete."""
-        old = [p for _, p in list_checkpoints(self.run_dir)]
-        old += [p for p in (self.run_dir / "metrics.jsonl", self.run_dir / "loss.png") if p.is_file()]
-        if not old:
-            return
-        with signals_deferred():
-            for n in range(1, 1_000_000):
-                prev = self.run_dir / f"previous-{n}"
-                try:
-                    prev.mkdir()
-                    break
-                except FileExistsError:
-                    continue
-            for p in old:
-                p.rename(prev / p.name)
-        self.log(f"note: {self.run_dir} held an earlier run; its checkpoints and metrics are now in {prev}")
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop records of steps after `step` (a resumed run redoes them)."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.is_file():
-            return
-        keep = []
-        for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
             try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line)
-            except (json.JSONDecodeError, AttributeError):  # a line cut short by a crash, or not a record
-                continue
-        text = "".join(k + "\n" for k in keep).encode("utf-8", errors="surrogateescape")
-        atomic_write(path, lambda f: f.write(text))
+                path = self.checkpoints.save(self.step, state)
+                self.metrics.plot()
+            except CheckpointError as e:
+                error = e
+        if self.dist.enabled:  # also the barrier: every rank learns whether rank 0 saved
+            failed = torch.tensor([float(error is not None)], device=self.device)
+            dist.all_reduce(failed)
+            if failed.item() and error is None:
+                error = CheckpointError(f"rank 0 could not save the checkpoint of step {self.step} (see its message)")
+        if error is not None:
+            raise error
+        return path
 
     # ------------------------------------------------------------------ one step
     def accumulate_gradients(self, step: int) -> torch.Tensor:
@@ -582,8 +359,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss = self.accumulate_gradients(step)
-        # one all-reduce for the logged loss and the stop request, so every rank decides the same way
-        requests = torch.tensor([float(self._stop_requested), float(self._time_up)], device=self.device)
+        # one all-reduce for the logged loss and the stop requests, so every rank decides the same way
+        requests = torch.tensor([float(self.stop.requested), float(self._time_requested)], device=self.device)
         flags = torch.cat([loss.reshape(1), requests])
         if self.dist.enabled:
             dist.all_reduce(flags)
@@ -592,8 +369,7 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         loss_val, norm_val = flags[0].item(), grad_norm.item()
         # the agreed flags: a signal that lands on one rank after this all-reduce is acted on after the next step
-        self._stop_agreed = flags[1].item() > 0
-        self._time_up = flags[2].item() > 0
+        self._stop_agreed, self._time_up = flags[1].item() > 0, flags[2].item() > 0
         ok = math.isfinite(loss_val) and math.isfinite(norm_val)
         if ok:
             self.optimizer.step()
@@ -603,19 +379,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         dt = time.perf_counter() - t0
-        tps = self.tokens_per_step / dt
-        return {
-            "step": self.step,
-            "loss": loss_val,
-            "lr": lr,
-            "grad_norm": norm_val,
-            "skipped": not ok,
-            "dt": dt,
-            "tokens_per_s": tps,
-            "mfu": mfu(tps, self.flops_per_token, self.peak, self.dist.world_size),
-        }
+        return {"step": self.step, "loss": loss_val, "lr": lr, "grad_norm": norm_val, "skipped": not ok, "dt": dt}
 
-    # ------------------------------------------------------------------ evaluation
+    def _skipped(self, s: dict[str, Any]) -> None:
+        """A step whose update was skipped: recorded and said; TrainingStopped after max_bad_steps in a row."""
+        self.metrics.skipped(s, self.bad_steps)
+        if self.bad_steps >= self.cfg.max_bad_steps:
+            raise TrainingStopped(
+                f"stopping: {self.bad_steps} steps in a row had a non-finite loss or gradient "
+                f"(max_bad_steps = {self.cfg.max_bad_steps}); lower train.lr or check the data"
+            )
+
+    # ------------------------------------------------------------------ evaluation and samples
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean cross-entropy over the fixed validation batches (each rank evaluates its share)."""
@@ -635,12 +410,7 @@ class Trainer:
     def sample(self, n_tokens: int) -> str:
         """`n_tokens` sampled after `sample_prompt` through `tritongpt.generate` (KV cache), seeded by seed and step."""
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + self.step)
-        try:
-            ids = self.tok.encode(self.cfg.sample_prompt) if self.cfg.sample_prompt else []
-        except TokenizerError:
-            ids = []
-        if not ids:
-            ids = [self.tok.eot_id if self.tok.eot_id is not None else 0]
+        ids = self.sample_ids
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         with self.autocast():
             try:
@@ -658,12 +428,20 @@ class Trainer:
         return self.tok.decode(out[0, len(ids) :].tolist())
 
     def eval_and_log(self) -> float:
+        """Validation loss (and HellaSwag, and a sample) recorded and said; TrainingStopped, with nothing saved,
+        when the loss is not finite: the weights have diverged."""
         t0 = time.perf_counter()
         val = self.evaluate()
         self.last_val = val
         self.best_val = min(self.best_val, val)
         rec = {"kind": "eval", "step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50.0))}
-        self._stop_if_diverged(val, rec)
+        if not math.isfinite(val):
+            self.metrics.record(rec)
+            raise TrainingStopped(
+                f"stopping: the validation loss is {val} at step {self.step} (the weights have diverged); no "
+                f"checkpoint saved for it. {self.checkpoints.last_good_note(self.step)} Lower train.lr (now "
+                f"{self.cfg.lr:g}) or check the data"
+            )
         hellaswag = ""
         if self.hellaswag is not None:  # every rank scores its share; the counts are all-reduced
             hs = evaluate_hellaswag(
@@ -676,226 +454,93 @@ class Trainer:
             text = self.sample(self.cfg.sample_tokens)
             rec["sample"] = text
         rec["eval_s"] = time.perf_counter() - t0
-        self.record(rec)
+        self.metrics.record(rec)
         self.log(f"step {self.step}: val loss {val:.4f} (ppl {rec['val_ppl']:.2f}){hellaswag}")
         if text:
             self.log("  | " + text.replace("\n", "\n  | "))
         return val
 
-    def _stop_if_diverged(self, val: float, rec: dict[str, Any]) -> None:
-        """A non-finite validation loss ends the run (exit 1) with nothing saved: the weights are useless."""
-        if math.isfinite(val):
-            return
-        self.record(rec)
-        raise TrainingStopped(
-            f"stopping: the validation loss is {val} at step {self.step} (the weights have diverged); no "
-            f"checkpoint saved for it. {self._last_good_note()} Lower train.lr (now {self.cfg.lr:g}) or check the data"
-        )
-
-    # ------------------------------------------------------------------ checkpoints
-    def save(self) -> Path | None:
-        """Write this step's checkpoint (tried again after a pause if the write fails), prune, plot.
-
-        CheckpointError on every rank if rank 0 could not write it even so; the message names the last good one.
-        """
-        state = self.state()  # collective under DDP
-        path, error = None, None
-        if self.dist.master:
-            try:
-                path = self._write_checkpoint(state)
-            except CheckpointError as e:
-                error = e
-        if self.dist.enabled:  # also the barrier: every rank learns whether rank 0 saved
-            failed = torch.tensor([float(error is not None)], device=self.device)
-            dist.all_reduce(failed)
-            if failed.item() and error is None:
-                error = CheckpointError(f"rank 0 could not save the checkpoint of step {self.step} (see its message)")
-        if error is not None:
-            raise error
-        return path
-
-    def _write_checkpoint(self, state: dict[str, Any]) -> Path:
-        """Save, trying again after each pause of SAVE_RETRY_WAITS_S when the write fails (a full disk may be
-        freed meanwhile); then prune and plot. CheckpointError naming the last good checkpoint if every try fails."""
-        target = checkpoint_path(self.run_dir, self.step)
-        tries = 1 + len(SAVE_RETRY_WAITS_S)
-        for attempt in range(tries):
-            try:
-                path = save_checkpoint(target, state)
-                break
-            except CheckpointError as e:
-                if attempt == tries - 1:
-                    raise CheckpointError(f"{e} ({tries} attempts). {self._last_good_note()}") from e
-                wait = SAVE_RETRY_WAITS_S[attempt]
-                self.log(f"warning: {e}; trying again in {wait:g} s (attempt {attempt + 2} of {tries})")
-                time.sleep(wait)
-        prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints, upto=self.step)
-        self.plot()
-        return path
-
-    def _last_good_note(self) -> str:
-        """Where the newest readable checkpoint of this run is, for a message about a run that stopped."""
-        for step, path in reversed(list_checkpoints(self.run_dir)):
-            if step <= self.step and readable(path):
-                return f"The last good checkpoint is {path} (step {step}): resume from it with --resume."
-        return "This run has no earlier checkpoint."
-
-    def plot(self) -> None:
-        """loss.png from metrics.jsonl; a plot that cannot be written is a warning, never the end of the run."""
-        if self.cfg.plot and self.dist.master:
-            from tritongpt.plot import write_loss_png
-
-            try:
-                write_loss_png(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png", title=str(self.run_dir))
-            except OSError as e:
-                self.log(f"warning: loss.png not written: {os_error_message(e)}")
-
     # ------------------------------------------------------------------ the loop
-    def _on_signal(self, signum, frame) -> None:
-        if self._stop_requested:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self._stop_requested = True
-        self.log(
-            f"{signal.Signals(signum).name}: finishing this step, saving a checkpoint, then stopping "
-            "(again to quit at once)"
+    def describe(self) -> str:
+        """The run in one line: model, device, precision, processes, tokens per step, steps."""
+        c = self.model_cfg
+        vocab = f"vocab {c.vocab_size}" + (f" = {c.real_vocab_size} tokens + padding" if c.real_vocab_size else "")
+        return (
+            f"model {self.model.num_params() / 1e6:.2f}M parameters ({c.n_layers} layers, {c.emb_dim} wide, "
+            f"context {c.context_length}, {vocab}) on {self.device} "
+            f"({self.precision}, {self.dist.world_size} process{'es' if self.dist.enabled else ''}); "
+            f"{self.tokens_per_step:,} tokens/step, steps {self.step} -> {self.max_steps}"
         )
 
     def fit(self) -> int:
         """Train to max_steps (or the time budget): 0 when done, 130 after Ctrl-C (saved). TrainingStopped when
         the run diverged (too many bad steps, a non-finite validation loss), CheckpointError when a checkpoint
-        could not be saved."""
-        cfg = self.cfg
-        if self.dist.master:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        n = self.model.num_params()
-        vocab = f"vocab {self.model_cfg.vocab_size}"
-        if self.model_cfg.real_vocab_size:
-            vocab += f" = {self.model_cfg.real_vocab_size} tokens + padding"
-        self.log(
-            f"model {n / 1e6:.2f}M parameters ({self.model_cfg.n_layers} layers, {self.model_cfg.emb_dim} wide, "
-            f"context {self.model_cfg.context_length}, {vocab}) on {self.device} "
-            f"({self.precision}, {self.dist.world_size} process{'es' if self.dist.enabled else ''}); "
-            f"{self.tokens_per_step:,} tokens/step, steps {self.step} -> {self.max_steps}"
-        )
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                handlers[sig] = signal.signal(sig, self._on_signal)
-        t_start = time.perf_counter()
-        step0, tokens_seen, window_t, window_tokens = self.step, 0, time.perf_counter(), 0
+        could not be saved, OutputError when another process writes into the run folder.
+
+        Nothing in the run folder changes before the first line is out (a standard output that fails, a full
+        disk say, fails here) and the folder's lock is held (`tritongpt.files.folder_lock`: one writer); only
+        then is an earlier run set aside, or the records a resumed run redoes dropped from metrics.jsonl."""
+        self.log(self.describe())
+        if not self.dist.master:
+            return self._loop()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with folder_lock(self.run_dir, "gpt train"):
+            if self.resumed_from is not None:
+                self.metrics.truncate(self.step)
+            else:
+                self.checkpoints.set_aside_previous_run()
+            return self._loop()
+
+    def _loop(self) -> int:
+        cfg, step0 = self.cfg, self.step
+        self.metrics.start(step0)
+
+        def every(interval: int) -> bool:  # due at this step, and not the last (the end evaluates and saves)
+            return bool(interval) and self.step % interval == 0 and self.step < self.max_steps
+
         try:
-            while self.step < self.max_steps:
-                s = self.train_step()
-                tokens_seen += self.tokens_per_step
-                window_tokens += self.tokens_per_step
-                if s["skipped"]:
-                    self.record(
-                        {
-                            "kind": "skip",
-                            "step": s["step"],
-                            "loss": s["loss"],
-                            "grad_norm": s["grad_norm"],
-                            "in_a_row": self.bad_steps,
-                        }
-                    )
-                    self.log(
-                        f"step {s['step']}: non-finite loss {s['loss']} / grad norm {s['grad_norm']}: "
-                        f"update skipped ({self.bad_steps} in a row)"
-                    )
-                    if self.bad_steps >= cfg.max_bad_steps:
-                        raise TrainingStopped(
-                            f"stopping: {self.bad_steps} steps in a row had a non-finite loss or gradient "
-                            f"(max_bad_steps = {cfg.max_bad_steps}); lower train.lr or check the data"
-                        )
-                elapsed = time.perf_counter() - t_start
-                out_of_time = self._time_up
-                self._time_up = bool(cfg.max_time_s) and elapsed >= cfg.max_time_s  # acted on after next step
-                if self.step % cfg.log_interval == 0 or self.step == self.max_steps:
-                    now = time.perf_counter()
-                    tps = window_tokens / max(now - window_t, 1e-9)
-                    window_t, window_tokens = now, 0
-                    step_mfu = mfu(tps, self.flops_per_token, self.peak, self.dist.world_size)
-                    self.record(
-                        {
-                            "kind": "train",
-                            "step": self.step,
-                            "loss": s["loss"],
-                            "lr": s["lr"],
-                            "grad_norm": s["grad_norm"],
-                            "tokens_per_s": tps,
-                            "mfu": step_mfu,
-                            "tokens": self.step * self.tokens_per_step,
-                            "time_s": elapsed,
-                            **self._memory(),
-                        }
-                    )
-                    s["tokens_per_s"], s["mfu"] = tps, step_mfu
-                self._show(s, elapsed, step0)
-                if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.step < self.max_steps:
+            with self.stop:
+                while self.step < self.max_steps:
+                    s = self.train_step()
+                    if s["skipped"]:
+                        self._skipped(s)
+                    self._time_requested = bool(cfg.max_time_s) and self.metrics.elapsed >= cfg.max_time_s
+                    self.metrics.step(s)
+                    if every(cfg.eval_interval):
+                        self.eval_and_log()
+                    if self._stop_agreed:
+                        path = self.save()
+                        self.log(f"interrupted at step {self.step}; saved {path} (resume with --resume)")
+                        return 130
+                    if every(cfg.checkpoint_interval):
+                        self.save()
+                    if self._time_up:
+                        self.log(f"time budget of {cfg.max_time_s:.0f} s reached at step {self.step}")
+                        break
+                if self.step > step0 or self.last_val is None:
                     self.eval_and_log()
-                if self._stop_agreed:
-                    path = self.save()
-                    self.log(f"interrupted at step {self.step}; saved {path} (resume with --resume)")
-                    return 130
-                if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0 and self.step < self.max_steps:
-                    self.save()
-                if out_of_time:
-                    self.log(f"time budget of {cfg.max_time_s:.0f} s reached at step {self.step}")
-                    break
-            if self.step > step0 or self.last_val is None:
-                self.eval_and_log()
-            self.save()
-            total = time.perf_counter() - t_start
-            self.log(
-                f"done: step {self.step}, val loss {self.last_val:.4f}, {fmt_time(total)} "
-                f"({tokens_seen / max(total, 1e-9):,.0f} tokens/s overall); run folder {self.run_dir}"
-            )
-            if self.dist.master and cfg.final_sample_tokens:
-                self.log("--- sample ---\n" + self.sample(cfg.final_sample_tokens) + "\n--------------")
+                self.save()
+                self.log(
+                    f"done: step {self.step}, val loss {self.last_val:.4f}, {self.metrics.overall()}; "
+                    f"run folder {self.run_dir}"
+                )
+                if self.dist.master and cfg.final_sample_tokens:
+                    self.log("--- sample ---\n" + self.sample(cfg.final_sample_tokens) + "\n--------------")
         except TrainingStopped:
-            self.plot()
+            self.metrics.plot()
             raise
         except OutputError:
             raise
         except OSError as e:  # the run folder stopped taking files (a full disk): say where the good checkpoint is
-            raise OutputError(f"cannot write {os_error_message(e)}. {self._last_good_note()}") from e
-        finally:
-            for sig, h in handlers.items():
-                signal.signal(sig, h)
+            what = f"cannot write {os_error_message(e)}" if e.filename else os_error_message(e)
+            raise OutputError(f"{what}. {self.checkpoints.last_good_note(self.step)}") from e
+        except StdoutError as e:
+            raise StdoutError(f"{e}. {self.checkpoints.last_good_note(self.step)}") from None
         return 0
-
-    def _memory(self) -> dict[str, float]:
-        if self.device.type != "cuda":
-            return {}
-        return {"peak_mem_gib": torch.cuda.max_memory_allocated(self.device) / 2**30}
-
-    def _show(self, s: dict[str, Any], elapsed: float, step0: int) -> None:
-        done = self.step - step0
-        left = (self.max_steps - self.step) * elapsed / max(done, 1)
-        parts = [
-            f"step {self.step}/{self.max_steps} {bar(self.step / max(self.max_steps, 1))}",
-            f"loss {s['loss']:.4f}",
-            f"lr {s['lr']:.2e}",
-            f"{fmt_rate(s['tokens_per_s'])} tok/s",
-        ]
-        if s["mfu"] is not None:
-            parts.append(f"MFU {100 * s['mfu']:.1f}%")
-        parts.append(f"{fmt_time(elapsed)} elapsed, {fmt_time(left)} left")
-        self.progress.update(" | ".join(parts), force=self.step % self.cfg.log_interval == 0)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Command line
-
-
-def load_configs(name: str, overrides: list[str], out: str | None = None) -> tuple[GPTConfig, TrainConfig, DataConfig]:
-    raw = merge(load_toml(name), parse_overrides(overrides))
-    model_cfg = section(raw, "model", GPTConfig, KNOWN_TABLES)
-    train_cfg = section(raw, "train", TrainConfig, KNOWN_TABLES)
-    data_cfg = section(raw, "data", DataConfig, KNOWN_TABLES)
-    if out:
-        train_cfg = dataclasses.replace(train_cfg, out_dir=out)
-    return model_cfg, train_cfg, data_cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -910,7 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        model_cfg, train_cfg, data_cfg = load_configs(args.config, args.set, args.out)
+        model_cfg, train_cfg, data_cfg = load_configs(args.config, args.set)
+        if args.out:
+            train_cfg = dataclasses.replace(train_cfg, out_dir=args.out)
         trainer = Trainer(model_cfg, train_cfg, data_cfg, resume=args.resume)
         code = trainer.fit()
     except TrainingStopped as e:
@@ -930,5 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # torchrun -m tritongpt.train: through the dispatcher's rules for Ctrl-C and stdout
+    from tritongpt.cli import main as gpt
+
+    sys.exit(gpt(["train", *sys.argv[1:]]))

@@ -3,7 +3,7 @@
     gpt verify                      full grid on the GPU (fp16, bf16, fp32)
     gpt verify --quick              small shapes, fp32 and fp16, on the CPU through Triton's interpreter
     gpt verify --quick --ops gelu,layer_norm
-    gpt verify --impl native        torch's own ops (F.layer_norm, F.gelu, SDPA) under the same rule
+    gpt verify --backend native     torch's own ops (F.layer_norm, F.gelu, SDPA) under the same rule
     gpt verify --fuzz 200 [--seed S] [--ops ...] [--budget SECONDS]
                                     200 random cases per op from each op's case space (shapes at block edges,
                                     layouts, dtypes, special values, calls that must be refused); each failure
@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from tritongpt.kernels import IMPLEMENTATIONS, OPS
 
 OUTPUT_FACTOR = 2.0  # kernel error <= 2x the same-precision reference's error, for outputs
 GRAD_FACTOR = 3.0  # ... and 3x for input gradients
@@ -193,9 +195,6 @@ class Case:
     grad_names: tuple[str, ...]
 
 
-OPS = ("layer_norm", "add_layer_norm", "gelu", "bias_gelu", "attention", "linear_cross_entropy")  # kernels.OPS
-
-
 def _shape_str(shape: Iterable[int]) -> str:
     return "x".join(str(s) for s in shape)
 
@@ -297,9 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small shapes, fp32/fp16, CPU through Triton's interpreter")
     ap.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--impl", choices=("triton", "native"), default="triton", help="implementation checked against the reference"
-    )
+    checked = [name for name in IMPLEMENTATIONS if name != "reference"]
+    ap.add_argument("--backend", choices=checked, default="triton", help="implementation checked against the reference")
     ap.add_argument("--fuzz", type=int, metavar="N", help="N random cases per op, failures shrunk to a --case")
     ap.add_argument("--budget", type=float, metavar="SECONDS", help="with --fuzz: stop drawing cases after this long")
     ap.add_argument("--case", metavar="JSON", help="run one case as --fuzz prints it")
@@ -316,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [o for o in ops if o not in OPS]
     if unknown:
         ap.error(f"unknown op(s) {', '.join(unknown)}; choose from {', '.join(OPS)}")
+    if not -(2**63) <= args.seed < 2**64:  # what torch.Generator.manual_seed takes
+        ap.error(f"--seed must fit in 64 bits, got {args.seed}")
 
     quick = args.quick or not torch.cuda.is_available()
     if quick:
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if fuzz.fuzz(ops, args.fuzz, args.seed, args.budget, device) else 0
     dtypes = [torch.float32, torch.float16] if quick else [torch.float16, torch.bfloat16, torch.float32]
 
-    print(f"gpt verify: {args.impl} vs reference, "
+    print(f"gpt verify: {args.backend} vs reference, "
           f"{'quick, CPU (Triton interpreter)' if quick else torch.cuda.get_device_name(device)}, "
           f"torch {torch.__version__}, seed {args.seed}")  # fmt: skip
     print(HEADER)
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     previous_poison = common.POISON_OUTPUTS
     try:
         for op in ops:
-            kernel, reference, unavailable = resolve(op, args.impl)
+            kernel, reference, unavailable = resolve(op, args.backend)
             if kernel is None:  # a missing implementation is a failure, never a silent pass
                 n_failed += 1
                 print(f"{op:<20} {'-':<16} {'-':<5} {'-':<9} {'':>10} {'':>10} {'':>7}  FAIL: {unavailable}")

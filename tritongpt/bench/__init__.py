@@ -4,7 +4,7 @@ GPT-2 124M training step, at the shapes GPT-2 124M training runs.
     gpt bench --plan                  every case the full GPU suite times, one per line
     gpt bench                         the full suite on the GPU, results under results/<gpu>/
     gpt bench --quick                 small CPU shapes, the harness smoke test
-    pytest tritongpt/bench/ --benchmark-only    the same op cases through pytest-benchmark
+    pytest tests/bench_ops.py --benchmark-only  the same op cases through pytest-benchmark (from a checkout)
 
 Modules: `harness` (timers, ceilings, memory), `ops` (the plan, per-op cases and their runner), `train_step`
 (end-to-end training throughput), `report` (CSV, plots, Markdown summary), `anchors` (published figures the

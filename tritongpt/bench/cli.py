@@ -14,10 +14,12 @@ matmul TFLOP/s), then its cases in plan order, and writes DIR/results.csv after 
 merged with the rows already there), then DIR/<op>.png and DIR/summary.md. --time-budget is checked before
 every case; the cases it leaves out are listed as skipped.
 
-DIR must be new, empty, or a results folder of gpt bench (holding its results.csv or decode.csv): anything
-else is refused and left as it was. Exit status: 0 when every case ran or was skipped for a stated reason
-(no kernel for it, SDPA refused the shape, time budget spent); 1 when a case failed or nothing was
-measured; 2 for bad arguments; 130 on Ctrl-C (the shapes finished so far are in results.csv).
+DIR must be new, empty, or a results folder of gpt bench (holding its results.csv or decode.csv, or only the
+command.txt, notes.txt and summary.md of a run that measured nothing): anything else is refused and left as it
+was. Every file is replaced atomically: a full disk leaves no empty or half-written file. Exit status: 0 when
+every case ran or was skipped for a stated reason (no kernel for it, SDPA refused the shape, time budget
+spent); 1 when a case failed or nothing was measured; 2 for bad arguments; 130 on Ctrl-C (the shapes finished
+so far are in results.csv).
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ import time
 from pathlib import Path
 
 from tritongpt.bench import RESULTS_DIR
+from tritongpt.files import os_error_message, write_text_atomic
+from tritongpt.kernels import OPS  # imports no torch, so --help needs none
 
 # The names tritongpt.bench.ops and tritongpt.bench.train_step define, repeated so that --help needs no torch import.
-OPS = ("attention", "layer_norm", "add_layer_norm", "bias_gelu", "gelu", "linear_cross_entropy")
 ALL = OPS + ("train_step",)
 PROVIDERS = ("triton", "reference", "native", "compile", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math")
 TRAIN_PROVIDERS = ("native+compile", "triton+compile", "triton", "native", "reference")
 MODES = ("fwd", "bwd", "fwd+bwd")
+RUN_FILES = ("command.txt", "notes.txt", "summary.md")  # what a run writes before its first results
 
 
 class BenchError(Exception):
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpt bench: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, a results file turned into a folder, ...: what was written stays
-        print(f"gpt bench: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        print(f"gpt bench: error: {os_error_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ngpt bench: interrupted", file=sys.stderr)
@@ -197,7 +201,7 @@ def _check_out(out: Path, create: bool = True, device: str | None = None) -> Non
         raise BenchError(f"--out {out} is a file, not a folder")
     if out.is_dir():
         ours = [out / n for n in ("results.csv", "decode.csv") if (out / n).is_file()]
-        if not ours and any(out.iterdir()):
+        if not ours and any(p.name not in RUN_FILES for p in out.iterdir()):
             raise BenchError(
                 f"{out} is not empty and holds no results.csv or decode.csv of gpt bench; "
                 "choose a new or empty folder (nothing in it was changed)"
@@ -238,7 +242,7 @@ def _merge_notes(out: Path, earlier: list[str], notes: list[str], redone: set[st
         n for n in earlier if " ".join(n.split(" ")[:2]) not in redone and n.split(" ")[0].rstrip(":") not in redone
     ]
     merged = kept + [n for n in notes if n not in kept]
-    (out / "notes.txt").write_text("".join(n + "\n" for n in merged), encoding="utf-8")
+    write_text_atomic(out / "notes.txt", "".join(n + "\n" for n in merged))
     return merged
 
 
@@ -273,7 +277,7 @@ def _report_only(args: argparse.Namespace) -> int:
     notes = _read_notes(out)
     notes += [n for path in args.merge for n in _read_notes(path.parent) if n not in notes]
     if args.merge:
-        (out / "notes.txt").write_text("".join(n + "\n" for n in notes), encoding="utf-8")
+        write_text_atomic(out / "notes.txt", "".join(n + "\n" for n in notes))
     plots = [] if args.no_plots else report.write_plots(rows, out, _say)
     report.write_summary(rows, out / "summary.md", notes, _read_command(out))
     _say(f"wrote {len(plots)} plots and {out / 'summary.md'}")
@@ -305,7 +309,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         # 2-core box from turning 0.1 ms calls into 20 ms ones.
         torch.set_num_threads(1)
     command = "gpt bench " + " ".join(argv)
-    (out / "command.txt").write_text(command + "\n", encoding="utf-8")
+    write_text_atomic(out / "command.txt", command + "\n")
     n_cases = len(op_cases) + len(train_cases)
     _say(f"gpt bench on {env.gpu} (torch {env.torch}, triton {env.triton}): {n_cases} cases -> {out}")
 

@@ -3,7 +3,7 @@
     python -m tritongpt.bench.decode                        # GPU: 256 and 1024 tokens, 64 timed steps each
     python -m tritongpt.bench.decode --device cpu --steps 4  # CPU: a few steps only (no cache is slow there)
     python -m tritongpt.bench.decode --device cpu --threads 1  # CPU shared with other jobs: avoid oversubscription
-    python -m tritongpt.bench.decode --lengths 128 512 --backend torch --dtype bfloat16
+    python -m tritongpt.bench.decode --lengths 128 512 --backend reference --dtype bfloat16
     python -m tritongpt.bench.decode --out "$OUT/decode"    # the CSV into another folder (a GPU session)
 
 "At N tokens": a random prompt of N - steps - 1 tokens, then steps + 1 generated tokens, so the sequence ends
@@ -28,7 +28,7 @@ from tritongpt.bench import RESULTS_DIR
 from tritongpt.bench.harness import current_env
 from tritongpt.bench.harness import synchronize as sync
 from tritongpt.bench.report import read_csv, with_env, write_csv
-from tritongpt.config import ConfigError, load_model_config
+from tritongpt.config import BACKENDS, ConfigError, load_model_config
 from tritongpt.generate import generate_stream
 from tritongpt.model import GPT
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lengths", type=int, nargs="+", default=[256, 1024], help="sequence length at the end")
     ap.add_argument("--steps", type=int, default=None, help="timed tokens per run (default: 64 GPU, 4 CPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--backend", choices=["auto", "torch", "native", "triton"], default="auto")
+    ap.add_argument("--backend", choices=BACKENDS, default="auto")
     ap.add_argument("--dtype", choices=list(DTYPES), default="float32")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--no-csv", action="store_true", help="print the table only")

@@ -50,6 +50,7 @@ import torch
 
 from tritongpt import kernels
 from tritongpt.bench import harness
+from tritongpt.kernels import OPS
 
 PROVIDERS = ("triton", "reference", "native", "compile")  # every op
 SDPA_BACKENDS = {  # attention only: provider -> torch.nn.attention.SDPBackend member
@@ -60,7 +61,6 @@ SDPA_BACKENDS = {  # attention only: provider -> torch.nn.attention.SDPBackend m
 }
 ALL_PROVIDERS = PROVIDERS + tuple(SDPA_BACKENDS)
 MODES = ("fwd", "bwd", "fwd+bwd")
-OPS = ("attention", "layer_norm", "add_layer_norm", "bias_gelu", "gelu", "linear_cross_entropy")  # run order
 SCALES = ("gpu", "quick", "interpret")
 
 # Dtype label -> (the activation's dtype, the dtype of the rest: residual, weight, bias).
@@ -291,8 +291,8 @@ def provider_fn(op: str, provider: str, device: torch.device) -> Callable:
         if op != "attention":
             raise ValueError(f"provider {provider} times attention only, not {op}")
         return _pinned_sdpa(provider)
-    impl = {"reference": "reference", "compile": "reference", "native": "native", "triton": "triton"}.get(provider)
-    if impl is None:
+    impl = "reference" if provider == "compile" else provider
+    if impl not in kernels.IMPLEMENTATIONS:
         raise ValueError(f"unknown provider {provider!r}; choose from {', '.join(ALL_PROVIDERS)}")
     if impl == "triton":
         from tritongpt.kernels._common import interpreter_enabled

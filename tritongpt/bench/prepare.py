@@ -133,7 +133,7 @@ def corpus_stats(path: Path) -> tuple[int, int]:
 
 def _documents(path: Path):
     """The corpus' texts, read as `gpt prepare` reads them (a row group at a time, no pre-buffering)."""
-    from tritongpt.data import iter_parquet
+    from tritongpt.corpus import iter_parquet
 
     for text, _ in iter_parquet(path):
         yield text
@@ -197,7 +197,8 @@ def run_one(provider: str, workers: int, corpus: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if provider == "ours":
         import tritongpt.prepare
-        from tritongpt.prepare import DataConfig, prepare
+        from tritongpt.config import DataConfig
+        from tritongpt.prepare import prepare
         from tritongpt.tokenizer import GPT2Tokenizer
 
         tok = GPT2Tokenizer()  # loaded before the clock starts, as the baseline's encoder is

@@ -26,7 +26,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from tritongpt.bench import anchors
-from tritongpt.files import atomic_write
+from tritongpt.files import atomic_write, write_text_atomic
+from tritongpt.kernels import OPS
 
 COLUMNS = ("op", "provider", "mode", "shape", "dtype", "method", "metric", "value", "gpu", "torch", "triton", "date")
 OPTIONAL = {"method": ""}  # columns older files lack, with the value they read as
@@ -57,8 +58,6 @@ COLORS = {
     "sdpa-efficient": "C6",
     "sdpa-math": "C8",
 }
-# tritongpt.bench.ops.OPS
-OPS = ("attention", "layer_norm", "add_layer_norm", "bias_gelu", "gelu", "linear_cross_entropy")
 MODES_ORDER = ("fwd", "bwd", "fwd+bwd", "fwd+bwd+opt")
 PRIMARY_METHODS = ("do_bench", "perf_counter", "")  # the per-call timers, in order of preference
 
@@ -254,8 +253,10 @@ def write_plots(rows: list[dict], out_dir: Path, log=print) -> list[Path]:
         fig.legend(handles, labels, loc="center right", fontsize=7)  # one legend beside the plots
         fig.tight_layout(rect=(0, 0, 0.82, 1))
         path = out_dir / f"{op}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        try:
+            atomic_write(path, lambda f, fig=fig: fig.savefig(f, format="png", dpi=110))
+        finally:
+            plt.close(fig)
         paths.append(path)
     return paths
 
@@ -335,7 +336,7 @@ def write_summary(rows: list[dict], path: Path, notes: list[str] = (), command: 
     if notes:
         lines += ["## Skipped or failed", ""] + [f"- {n}" for n in notes] + [""]
     text = "\n".join(lines)
-    path.write_text(text, encoding="utf-8")
+    write_text_atomic(path, text)
     return text
 
 

@@ -6,7 +6,7 @@ Backends (the model's `GPTConfig.backend`, optionally under torch.compile):
     triton+compile    our kernels (backend "triton"), compiled the same way
     triton            our kernels, eager
     native            torch's fused ops, eager
-    reference         the from-scratch reference layers (backend "torch"), eager
+    reference         the from-scratch reference layers (backend "reference"), eager
 
 The order is the order of a run, the headline comparison first. A compiled model is built once per backend
 with `dynamic=False`: each micro-batch size compiles its own graph. On CUDA every step runs under bf16
@@ -32,7 +32,6 @@ from tritongpt.model import GPT
 
 TRAIN_PROVIDERS = ("native+compile", "triton+compile", "triton", "native", "reference")
 BASELINE = "native+compile"
-_BACKEND = {"reference": "torch", "native": "native", "triton": "triton"}  # provider -> GPTConfig.backend
 
 
 def build(cfg: GPTConfig, provider: str, device: torch.device):
@@ -40,7 +39,7 @@ def build(cfg: GPTConfig, provider: str, device: torch.device):
     if provider not in TRAIN_PROVIDERS:
         raise ValueError(f"unknown train provider {provider!r}; choose from {', '.join(TRAIN_PROVIDERS)}")
     base, _, compiled = provider.partition("+")
-    model = GPT(GPTConfig(**{**vars(cfg), "backend": _BACKEND[base]})).to(device)
+    model = GPT(GPTConfig(**{**vars(cfg), "backend": base})).to(device)
     model.train()
     if compiled:
         torch._dynamo.reset()

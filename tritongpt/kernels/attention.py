@@ -38,7 +38,9 @@ not: the configs whose sm_90 compile spills no registers) and drops configs over
 With TRITONGPT_ATTENTION_TMA=1 the forward's list also holds variants that load K and V through tensor
 descriptors (TMA, sm_90+); the pointer loads stay the default and the fallback. Inside a CUDA-graph capture
 the autotuner is bypassed: the config it picked for that key earlier, else the first config the prune keeps,
-so no benchmarking happens during capture. Under the interpreter one fixed 64 x 64 block is used.
+so no benchmarking happens during capture. TRITONGPT_ATTENTION_AUTOTUNE=0 makes every launch take that path:
+one config compiled per kernel and launch class instead of all of them (a correctness run on a cold GPU checks
+what it compiles, in a fraction of the time). Under the interpreter one fixed 64 x 64 block is used.
 
 Registration: `attention_fwd` and `attention_bwd` are registered with `tritongpt.kernels._common.library_op`
 (`torch.library.triton_op`s launching through `wrap_triton` on a GPU, so Inductor sees the kernels; opaque
@@ -574,6 +576,7 @@ def _env_flag(name: str, default: bool) -> bool:
 
 
 _DETERMINISTIC = _env_flag("TRITONGPT_ATTENTION_DETERMINISTIC", True)
+_AUTOTUNE = _env_flag("TRITONGPT_ATTENTION_AUTOTUNE", True)  # 0: the first config the prune keeps, no benchmarking
 
 
 def set_deterministic(deterministic: bool) -> None:
@@ -751,12 +754,13 @@ _CHOSEN: dict[tuple, triton.Config] = {}
 
 
 def _launch(kernel, grid, args: tuple, meta: dict, dtype: torch.dtype, interpreter_meta: dict | None = None) -> None:
-    """Launch an (autotuned) attention kernel; never benchmark configs inside a CUDA-graph capture."""
+    """Launch an (autotuned) attention kernel; never benchmark configs inside a CUDA-graph capture, nor at all
+    with autotuning switched off."""
     if _INTERPRET:
         launcher(kernel)[grid](*args, **meta, **_INTERPRETER_BLOCKS, **(interpreter_meta or {}))
         return
     key = (kernel.fn.__name__, *(meta[k] for k in kernel.keys), str(dtype))
-    if torch.cuda.is_current_stream_capturing():
+    if not _AUTOTUNE or torch.cuda.is_current_stream_capturing():
         config = _CHOSEN.get(key)
         if config is None:  # never tuned for this key: the first config that fits, as pruning would leave it
             named_args = dict(zip(kernel.arg_names, args, strict=False))

@@ -1,7 +1,7 @@
 """The pure-PyTorch oracle under the public names: the `reference` implementation.
 
 Written from scratch (no F.layer_norm, F.gelu or SDPA); each function lives beside its Triton kernel in
-`tritongpt/kernels/<op>.py`. Tests, `gpt verify`, the benchmarks and the model's `torch` backend all use these.
+`tritongpt/kernels/<op>.py`. Tests, `gpt verify`, the benchmarks and the model's `reference` backend all use these.
 """
 
 from tritongpt.kernels.attention import attention_ref as attention

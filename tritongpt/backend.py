@@ -1,13 +1,14 @@
 """Which implementation of the layers a model runs, by its `GPTConfig.backend` name.
 
-| backend  | implementation (`kernels.implementation`)                                        |
-|----------|----------------------------------------------------------------------------------|
-| `torch`  | `reference`: the from-scratch PyTorch layers, for reading and checking            |
-| `native` | `native`: torch's fused ops (F.layer_norm, F.gelu, SDPA), the nanoGPT-style model |
-| `triton` | `triton`: our kernels                                                              |
-| `auto`   | the fastest that runs where the tensors are: `triton` on CUDA, `native` elsewhere |
+| backend     | implementation (`tritongpt.kernels`)                                                     |
+|-------------|-------------------------------------------------------------------------------------------|
+| `reference` | the from-scratch PyTorch layers, for reading and checking                                  |
+| `native`    | torch's fused ops (F.layer_norm, F.gelu, SDPA), the nanoGPT-style model                    |
+| `triton`    | our kernels                                                                                |
+| `auto`      | the fastest that runs where the tensors are: `triton` on CUDA, `native` elsewhere          |
 
-`auto` decides per call from the input's device, so a model moved between CPU and GPU keeps working.
+A backend other than `auto` is an implementation's own name (`kernels.IMPLEMENTATIONS`); `auto` decides per
+call from the input's device, so a model moved between CPU and GPU keeps working.
 """
 
 from __future__ import annotations
@@ -17,10 +18,7 @@ import types
 import torch
 
 from tritongpt import kernels
-
-BACKENDS = ("auto", "torch", "native", "triton")
-_IMPLEMENTATION = {"torch": "reference", "native": "native", "triton": "triton"}
-
+from tritongpt.config import BACKENDS
 
 # The implementation modules an `Ops` may call, imported when the `Ops` is made: the lookups in the forward pass
 # are then plain dict reads, which torch.compile traces without an import (or the triton module's op
@@ -41,7 +39,7 @@ class Ops:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.backend = backend
         if backend != "auto":
-            _load(_IMPLEMENTATION[backend])
+            _load(backend)
         else:  # the triton module only where a CUDA device may hand it tensors
             _load("native")
             if torch.cuda.is_available():
@@ -51,7 +49,7 @@ class Ops:
         """The name of the implementation (`kernels.IMPLEMENTATIONS`) that runs a call whose first tensor is `x`."""
         if self.backend == "auto":
             return "triton" if x.is_cuda else "native"
-        return _IMPLEMENTATION[self.backend]
+        return self.backend
 
     def implementation(self, x) -> types.ModuleType:
         """The `kernels` module that runs a call whose first tensor is `x`."""
@@ -99,7 +97,7 @@ def check_backend_runs(backend: str, device) -> None:
         return
     raise ValueError(
         f"backend 'triton' cannot run on {device}: the Triton kernels need a CUDA GPU (or, on the CPU, Triton's "
-        "interpreter: TRITON_INTERPRET=1); use backend 'native' or 'torch' here"
+        "interpreter: TRITON_INTERPRET=1); use backend 'native' or 'reference' here"
     )
 
 

@@ -1,13 +1,18 @@
 """The `gpt bench` op cases through pytest-benchmark, for those who prefer its tables and comparisons.
 
-    pytest tritongpt/bench/ --benchmark-only                              every case of `gpt bench --plan`'s ops
-    pytest tritongpt/bench/ --benchmark-only -k "attention and fwd"       a part
-    pytest tritongpt/bench/ --benchmark-only --benchmark-save=h100        keep a run to --benchmark-compare later
+    pytest tests/bench_ops.py --benchmark-only                            every case of `gpt bench --plan`'s ops
+    pytest tests/bench_ops.py --benchmark-only -k "attention and fwd"     a part
+    pytest tests/bench_ops.py --benchmark-only --benchmark-save=h100      keep a run to --benchmark-compare later
 
-On a GPU the cases are the full suite's; elsewhere the quick CPU ones (fp32), and the triton provider only
-where TRITON_INTERPRET=1 was set before pytest started. A provider that cannot run a case (no kernel for the
-op yet, an SDPA backend that refuses the shape) is skipped with the reason. Each round is one call on the
-next rotated input set, synchronized; gradients are reset between rounds outside the timed region.
+Named without the `test_` prefix so that a plain `pytest` (CI) never collects it: it times every case of the
+plan, which is a benchmark run, not a test. Named on the command line, pytest collects it all the same. It
+lives under tests/, beside the tests, so the wheel does not ship it.
+
+On a GPU the cases are the full suite's; elsewhere the "interpret" ones (tiny, fp32), the triton provider
+through Triton's interpreter, which tests/conftest.py switches on where there is no CUDA. A provider that cannot
+run a case (no kernel for the op yet, an SDPA backend that refuses the shape) is skipped with the reason. Each
+round is one call on the next rotated input set, synchronized; gradients are reset between rounds outside the
+timed region.
 """
 
 from __future__ import annotations
