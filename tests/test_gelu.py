@@ -96,6 +96,11 @@ def test_bad_input_is_rejected(device, monkeypatch):
         bias_gelu(x, bias.to("meta"))
     with pytest.raises(ValueError, match=r"bias has shape \(7,\)"):
         bias_gelu(x.to(device), bias[:7].to(device))
+    # Non-tensors get our TypeError naming the argument, not the op dispatcher's RuntimeError (found by the fuzzer).
+    with pytest.raises(TypeError, match="bias_gelu: bias must be a torch.Tensor, got list"):
+        bias_gelu(x, bias.tolist())
+    with pytest.raises(TypeError, match="gelu: x must be a torch.Tensor, got float"):
+        gelu(1.0)
     monkeypatch.setattr(_common, "interpreter_enabled", lambda: False)
     with pytest.raises(ValueError, match="CPU tensors.*TRITON_INTERPRET=1"):
         gelu(x)

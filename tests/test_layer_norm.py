@@ -93,6 +93,45 @@ def test_nan_propagates_like_the_reference(device):
     assert y[1].isnan().all() and y[[0, 2, 3]].isfinite().all()
 
 
+@pytest.mark.parametrize("op", ["layer_norm", "add_layer_norm"])
+@pytest.mark.parametrize("shape", [(1, 4), (2, 32), (3, 257)], ids=lambda s: "x".join(map(str, s)))
+def test_rows_far_from_zero_mean(op, shape, device):
+    """Rows at 300 +- 1 (found by `gpt verify --fuzz`): the saved fp32 mean is off by up to half an ulp of 300,
+    which biases xhat; dx was ~4x the reference's error until the backward subtracted mean(xhat), as the
+    reference's autograd does."""
+    inputs = _inputs(shape, torch.float32, device, residual=op == "add_layer_norm")
+    inputs["x"] = inputs["x"] + 300.0
+    kernel = layer_norm if op == "layer_norm" else add_layer_norm
+    assert_matches_reference(kernel, getattr(reference, op), inputs, _grads(inputs))
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "add_layer_norm"])
+@pytest.mark.parametrize(
+    "shape,mean,std", [((1, 31), 10.0, 1e-3), ((1, 2047), 300.0, 1.0), ((3, 581), 10.0, 1e-3), ((4, 768), 300.0, 1.0)]
+)
+def test_rows_whose_mean_is_far_larger_than_their_spread(op, shape, mean, std, device):
+    """mean >> std (found by `gpt verify --fuzz`): the fp32 sum of the row left the mean off by about an ulp,
+    an error of ulp(mean) / std in y, up to 5x the reference's; the forward now corrects the mean by mean(x -
+    mean) once (the corrected two-pass), and gets constant rows exactly."""
+    inputs = _inputs(shape, torch.float32, device, residual=op == "add_layer_norm")
+    inputs["x"] = mean + std * inputs["x"]
+    if op == "add_layer_norm":
+        inputs["residual"] = std * inputs["residual"]
+    kernel = layer_norm if op == "layer_norm" else add_layer_norm
+    assert_matches_reference(kernel, getattr(reference, op), inputs, _grads(inputs))
+    constant = torch.randn(shape[0], 1, device=device).expand(shape).contiguous()  # rows of one value each
+    y = layer_norm(constant, inputs["weight"], inputs["bias"])
+    torch.testing.assert_close(y, inputs["bias"].expand(shape), rtol=0, atol=0)  # was ~1e-5 off
+
+
+def test_one_row_of_the_widest_kind(device):
+    """A 50k-wide row at 300 +- 30 (found by `gpt verify --fuzz`): the interpreter ran the backward's triple
+    reduction element by element, a sequential fp32 sum with 55x the reference's error in dx (and slow)."""
+    inputs = _inputs((1, 49957), torch.float32, device, bias=False)
+    inputs["x"] = 300 + 30 * inputs["x"]
+    assert_matches_reference(layer_norm, reference.layer_norm, inputs, _grads(inputs))
+
+
 def test_empty_batch(device):
     x = torch.randn(0, 7, 768, device=device, requires_grad=True)
     w = torch.randn(768, device=device, requires_grad=True)
@@ -148,6 +187,11 @@ def test_bad_input_is_rejected(device, monkeypatch):
         add_layer_norm(x.to(device), x[:1].to(device), w.to(device), b.to(device))
     with pytest.raises(ValueError, match="width 65537"):
         layer_norm(torch.empty(1, 65537, device=device), torch.empty(65537, device=device), None)
+    # Non-tensors get our TypeError naming the argument, not the op dispatcher's RuntimeError (found by the fuzzer).
+    with pytest.raises(TypeError, match="layer_norm: weight must be a torch.Tensor, got list"):
+        layer_norm(x, w.tolist(), b)
+    with pytest.raises(TypeError, match="add_layer_norm: residual must be a torch.Tensor, got list"):
+        add_layer_norm(x, x.tolist(), w, b)
     monkeypatch.setattr(_common, "interpreter_enabled", lambda: False)
     with pytest.raises(ValueError, match="CPU tensors.*TRITON_INTERPRET=1"):
         layer_norm(x, w, b)

@@ -4,14 +4,19 @@
     gpt verify --quick              small shapes, fp32 and fp16, on the CPU through Triton's interpreter
     gpt verify --quick --ops gelu,layer_norm
     gpt verify --backend native     torch's own ops (F.layer_norm, F.gelu, SDPA) under the same rule
+    gpt verify --fuzz 200 [--seed S] [--ops ...] [--budget SECONDS]
+                                    200 random cases per op from each op's case space (shapes at block edges,
+                                    layouts, dtypes, special values, calls that must be refused); each failure
+                                    shrunk and printed as a `gpt verify --case '<json>'` command (tritongpt/fuzz.py)
+    gpt verify --case '{"op":"attention","Tk":65}'    one such case alone, as a table
 
 The rule, per output and per input gradient: against a higher-precision reference (fp64 for fp32 inputs,
 fp32 for fp16/bf16), the kernel's max error must be at most 2x the same-precision reference's max error for
 outputs, 3x for gradients, plus a floor of a few units in the last place of the output's magnitude. The
 kernel must be finite wherever the reference is, and non-finite exactly where the high-precision reference
 is. Kernel outputs are poisoned (NaN-filled, `tritongpt.kernels._common.POISON_OUTPUTS`) so an element a kernel never
-writes fails. Exit status 1 on any failure. Attention is checked without dropout (a random mask has no
-reference to compare against).
+writes fails. Exit status 1 on any failure. The grid checks attention without dropout (a random mask has no
+reference to compare against); --fuzz checks it against the reference with the kernel's own keep-mask.
 
 Without CUDA, or with --quick, TRITON_INTERPRET=1 is set before any kernel is imported. `compare` and
 `forward_backward` are the rule's implementation; the tests use them too (through tests/_tolerance.py).
@@ -67,20 +72,28 @@ class Comparison:
 
 
 def compare(
-    name: str, out: torch.Tensor, ref: torch.Tensor, ref_hi: torch.Tensor, factor: float, scale: float = 1.0
+    name: str,
+    out: torch.Tensor,
+    ref: torch.Tensor,
+    ref_hi: torch.Tensor,
+    factor: float,
+    scale: float = 1.0,
+    finite_ok: bool = False,
 ) -> Comparison:
     """Judge `out` (the kernel's) against `ref_hi` (the reference at higher precision), with `ref` (the
     reference at out's precision) setting the error budget: err <= factor * ref_err + floor, the floor being
-    FLOOR_ULPS ulps of max(1, max |ref_hi|), or of max(1, scale, max |ref_hi|) where ref_err is 0."""
+    FLOOR_ULPS ulps of max(1, max |ref_hi|), or of max(1, scale, max |ref_hi|) where ref_err is 0. With
+    `finite_ok` a finite kernel value where ref_hi is not is accepted (not judged)."""
     if out.shape != ref_hi.shape:
         return Comparison(name, math.inf, math.nan, math.nan, False, f"shape {tuple(out.shape)}")
     if out.dtype != ref.dtype:
         return Comparison(name, math.inf, math.nan, math.nan, False, f"dtype {out.dtype}, expected {ref.dtype}")
     o, r, h = (t.detach().to("cpu", torch.float64) for t in (out, ref, ref_hi))
     h_finite = torch.isfinite(h)
+    special = ~h_finite & ~torch.isfinite(o) if finite_ok else ~h_finite  # where o must equal h: NaN, +-inf
     note = ""
-    special_ok = torch.equal(torch.isnan(o[~h_finite]), torch.isnan(h[~h_finite])) and torch.equal(
-        o[~h_finite & ~torch.isnan(h)], h[~h_finite & ~torch.isnan(h)]
+    special_ok = torch.equal(torch.isnan(o[special]), torch.isnan(h[special])) and torch.equal(
+        o[special & ~torch.isnan(h)], h[special & ~torch.isnan(h)]
     )
     if not special_ok:
         note = "non-finite values differ from the reference"
@@ -137,9 +150,12 @@ def check_op(
     inputs: dict[str, Any],
     grad_names: Sequence[str],
     seed: int = 0,
+    finite_grads_ok: bool = False,
 ) -> list[Comparison]:
     """Kernel vs reference on the same inputs and the same random upstream gradients: one Comparison per
-    output ("out", "out1", ...) and per input gradient ("d" + name)."""
+    output ("out", "out1", ...) and per input gradient ("d" + name). `finite_grads_ok`: a gradient may be finite
+    where the reference's is not (at an infinite input GELU's reference forms inf * 0 = NaN where the kernel
+    computes the limit)."""
     dtype = next(v.dtype for v in inputs.values() if isinstance(v, torch.Tensor))
     hi = HI_DTYPE[dtype]
     ref_outs, _ = forward_backward(ref_fn, inputs, (), ())
@@ -162,7 +178,7 @@ def check_op(
         if k is None:
             result.append(Comparison(f"d{name}", math.inf, math.nan, math.nan, False, "no gradient"))
             continue
-        result.append(compare(f"d{name}", k, r, h, GRAD_FACTOR, scale))
+        result.append(compare(f"d{name}", k, r, h, GRAD_FACTOR, scale, finite_ok=finite_grads_ok))
     return result
 
 
@@ -282,7 +298,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     checked = [name for name in IMPLEMENTATIONS if name != "reference"]
     ap.add_argument("--backend", choices=checked, default="triton", help="implementation checked against the reference")
+    ap.add_argument("--fuzz", type=int, metavar="N", help="N random cases per op, failures shrunk to a --case")
+    ap.add_argument("--budget", type=float, metavar="SECONDS", help="with --fuzz: stop drawing cases after this long")
+    ap.add_argument("--case", metavar="JSON", help="run one case as --fuzz prints it")
     args = ap.parse_args(argv)
+    if args.fuzz is not None or args.case is not None or args.budget is not None:
+        from tritongpt import fuzz
+
+        problem = fuzz.argument_problem(args)
+        if problem:
+            ap.error(problem)
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     if not ops:
         ap.error(f"--ops names no op; choose from {', '.join(OPS)}")
@@ -303,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpt verify: error: {common.interpreter_problem()}", file=sys.stderr)
         return 2
     device = torch.device("cpu" if quick else "cuda")
+    if args.case is not None:
+        return fuzz.run_one(args.case, device)
+    if args.fuzz is not None:
+        return 1 if fuzz.fuzz(ops, args.fuzz, args.seed, args.budget, device) else 0
     dtypes = [torch.float32, torch.float16] if quick else [torch.float16, torch.bfloat16, torch.float32]
 
     print(f"gpt verify: {args.backend} vs reference, "

@@ -58,12 +58,16 @@ masked skip the -inf guard of the online softmax, so a row whose scores in such 
 possible with infinite q or k) gives NaN where the reference may not. The backward recomputes P as
 exp2(s - lse) from the saved logsumexp, as FlashAttention-2 does: its absolute error grows with |lse|, so with
 scaled scores of magnitude ~20 and more (scale several times 1/sqrt(D) on unit-variance inputs) the gradients'
-error exceeds 3x the same-precision reference's, which subtracts the row max exactly.
+error exceeds 3x the same-precision reference's, which subtracts the row max exactly. With dropout, dP carries
+the factor 1 / (1 - dropout_p), and with it the rounding of the recomputed P and of delta = rowsum(dO * O): at
+dropout_p = 0.9 (10x) and twice the default scale, fp32 dq and dk reached 12-18x the reference's error (found by
+`gpt verify --fuzz`, which draws dropout_p up to 0.5; training uses 0.0-0.2).
 """
 
 import math
 import numbers
 import os
+import sys
 import warnings
 
 import torch
@@ -90,6 +94,16 @@ def attention_ref(
     query block that continues a cached prefix (Tq < Tk) is masked correctly. Dropout (training only)
     zeroes probabilities with probability `dropout_p` and rescales the rest by 1 / (1 - dropout_p).
     """
+    att = attention_probs_ref(q, k, causal, scale)
+    if dropout_p > 0.0:
+        att = torch.nn.functional.dropout(att, p=dropout_p, training=True)
+    return att @ v  # (B, H, Tq, D)
+
+
+def attention_probs_ref(
+    q: torch.Tensor, k: torch.Tensor, causal: bool = True, scale: float | None = None
+) -> torch.Tensor:
+    """softmax(q k^T * scale + mask), (B, H, Tq, Tk): the reference's probabilities, before dropout."""
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     att = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
@@ -97,10 +111,7 @@ def attention_ref(
         tq, tk = q.shape[-2], k.shape[-2]
         mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).triu(diagonal=tk - tq + 1)
         att = att.masked_fill(mask, float("-inf"))
-    att = torch.softmax(att, dim=-1)
-    if dropout_p > 0.0:
-        att = torch.nn.functional.dropout(att, p=dropout_p, training=True)
-    return att @ v  # (B, H, Tq, D)
+    return torch.softmax(att, dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -589,7 +600,8 @@ _INTERPRET = interpreter_enabled()
 # Interpreter: one fixed config. Its cost is per block operation, not per element: 64 x 64 ran fwd+bwd at
 # (2, 2, 130, 64) 2x faster than 32 x 32 and 3.5x faster than 16 x 16 on CPU (Triton 3.9).
 _INTERPRETER_BLOCKS = {"BLOCK_M": 64, "BLOCK_N": 64}
-_INTERPRETER_KV_TMA = False  # the forward's K/V loads through tensor descriptors (tests switch it on)
+# The forward's K/V loads through tensor descriptors (tests switch it on): as on a GPU, only where `_tma_ok`.
+_INTERPRETER_KV_TMA = False
 _PREPROCESS_BLOCK_M = 16 if _INTERPRET else 128
 
 # Tensor-descriptor (TMA) loads need Triton's device-side descriptors (3.4+) and a scratch allocator.
@@ -847,7 +859,7 @@ def attention_fwd(
     if _KV_TMA and not _INTERPRET:
         triton.set_allocator(_tma_allocator)  # per launch: the allocator is per thread (a ContextVar)
     grid = lambda meta: (batch * heads, triton.cdiv(tq, meta["BLOCK_M"]))
-    _launch(_attn_fwd, grid, args, meta, q.dtype, {"KV_TMA": _INTERPRETER_KV_TMA})
+    _launch(_attn_fwd, grid, args, meta, q.dtype, {"KV_TMA": _INTERPRETER_KV_TMA and _tma_ok({"K": k, "V": v})})
     return out, lse
 
 
@@ -919,6 +931,13 @@ def attention_dropout_mask(seed: torch.Tensor, batch: int, heads: int, tq: int, 
     return mask.bool()
 
 
+def dropout_keep_mask(torch_seed: int, batch: int, heads: int, tq: int, tk: int, dropout_p: float,
+                      device: torch.device) -> torch.Tensor:  # fmt: skip
+    """The (B, H, Tq, Tk) bool keep-mask `attention` draws after torch.manual_seed(torch_seed) (testing aid)."""
+    torch.manual_seed(torch_seed)
+    return attention_dropout_mask(_dropout_seed(torch.device(device)), batch, heads, tq, tk, dropout_p)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Autograd: the forward op's backward formula, registered with torch.library.register_autograd.
 
@@ -966,3 +985,97 @@ def attention(
     seed = _dropout_seed(q.device) if dropout_p > 0.0 else None
     out, _ = attention_fwd(q, k, v, bool(causal), float(dropout_p), scale, seed, is_deterministic())
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fuzz case space (`gpt verify --fuzz`, tritongpt/fuzz.py): the Limits above as the calls to draw. `draw` names
+# each value (the keys of a case's JSON) and skews sizes to the block edges.
+
+_FUZZ_HEAD_DIMS = (16, 32, 64, 80, 96, 128)  # powers of two and the padded ones GPT-style models use
+_FUZZ_BLOCKS = [[64, 64], [16, 32], [32, 16], [16, 16], [32, 64], [64, 32]]  # interpreter (BLOCK_M, BLOCK_N)
+
+
+def fuzz_case(op: str, draw) -> dict:
+    """A call attention must get right: any supported head dim; Tq and Tk on both sides of the block edges (causal
+    with Tq > Tk too: the fuzzer checks its first rows are 0 and the rest against the reference); causal or
+    not; scale None or a multiple ("scale_sqrt_d") of 1/sqrt(D) of either sign, small enough that the scaled
+    scores stay far from the exp2-recompute limit above; dropout_p up to 0.5 (Limits); fp32, fp16 (bf16 on a GPU); any
+    layout of q, k, v. In the interpreter also its block sizes and the TMA loads; the fast backward anywhere."""
+    module = sys.modules[__name__]
+    if draw.gpu:
+        edges, max_t = (64, 128, 256, 1024), 1100
+    else:
+        block_m, block_n = draw.choice("blocks", _FUZZ_BLOCKS)
+        draw.setting(_INTERPRETER_BLOCKS, "BLOCK_M", block_m)
+        draw.setting(_INTERPRETER_BLOCKS, "BLOCK_N", block_n)
+        draw.setting(module, "_INTERPRETER_KV_TMA", draw.choice("kv_tma", [False, True]))
+        edges, max_t = (block_m, block_n, 2 * block_m, 2 * block_n, 64, 128), 160
+    draw.setting(module, "_DETERMINISTIC", not draw.choice("atomic_dq", [False, True]))
+    dtype = draw.dtype()
+    b, h = draw.integer("B", 1, 3), draw.integer("H", 1, 3)
+    d = draw.integer("D", MIN_HEAD_DIM, MAX_HEAD_DIM, near=_FUZZ_HEAD_DIMS)
+    causal = draw.choice("causal", [True, False])
+    tk = draw.integer("Tk", 1, max_t, near=edges)
+    tq = draw.integer("Tq", 1, max_t, near=(*edges, tk))
+    scale = draw.choice("scale_sqrt_d", [None, 0.5, 2.0, -1.0, 0.0])
+    dropout_p = draw.choice("dropout_p", [0.0, 0.1, 0.3, 0.5], [4, 1, 1, 1])  # not 0.9: see Limits
+    q = draw.tensor("q", (b, h, tq, d), dtype)
+    k = draw.tensor("k", (b, h, tk, d), dtype)
+    v = draw.tensor("v", (b, h, tk, d), dtype)
+    scale = None if scale is None else scale / math.sqrt(d)
+    return {"q": q, "k": k, "v": v, "causal": causal, "dropout_p": dropout_p, "scale": scale}
+
+
+def fuzz_invalid(op: str, draw) -> tuple[dict, str]:
+    """A call attention must refuse, and what its error must name: a wrong rank, B/H/D or k/v shapes that do not
+    agree, an unsupported head dim or dtype, mixed dtypes or devices, a non-tensor, a non-finite or non-number
+    scale, dropout_p outside [0, 1)."""
+    dtype = draw.dtype()
+    d = draw.integer("D", MIN_HEAD_DIM, MAX_HEAD_DIM, near=_FUZZ_HEAD_DIMS)
+    shape = (1, 2, draw.integer("T", 1, 9), d)
+    q, k, v = (draw.tensor(name, shape, dtype, layout=False) for name in "qkv")
+    kwargs = {"q": q, "k": k, "v": v, "causal": draw.choice("causal", [True, False])}
+    defect = draw.choice("defect", ["rank", "heads", "head_dims", "kv_shape", "head_dim", "dtype", "mixed_dtypes",
+                                    "device", "not_tensor", "scale", "scale_type", "dropout_p"])  # fmt: skip
+    name = draw.choice("which", ["q", "k", "v"])
+    t = kwargs[name]
+    if defect == "rank":
+        kwargs[name] = t[0] if draw.choice("rank", [3, 5]) == 3 else t[None]
+        return kwargs, f"{name} must be 4-D"
+    if defect == "heads":
+        kwargs["k"] = kwargs["v"] = torch.cat([k, k[:, :1]], dim=1)
+        return kwargs, "agree in B, H and D"
+    if defect == "head_dims":
+        other = 2 * d if d <= MAX_HEAD_DIM // 2 else d // 2
+        kwargs["k"] = kwargs["v"] = torch.zeros((*shape[:3], other), dtype=dtype, device=q.device)
+        return kwargs, "agree in B, H and D"
+    if defect == "kv_shape":
+        kwargs["v"] = torch.cat([v, v[:, :, :1]], dim=2)
+        return kwargs, "k and v must have the same shape"
+    if defect == "head_dim":
+        bad = draw.choice("bad_head_dim", [8, 1, 15, 129, 160, 256])
+        kwargs.update({n: torch.zeros((*shape[:3], bad), dtype=dtype, device=q.device) for n in "qkv"})
+        return kwargs, f"head dim {bad} is not supported"
+    if defect == "dtype":
+        bad = draw.choice("bad_dtype", ["float64", "int32", "bool", "complex64"])
+        kwargs.update({n: kwargs[n].to(getattr(torch, bad)) for n in "qkv"})
+        return kwargs, f"dtype torch.{bad}"
+    if defect == "mixed_dtypes":
+        kwargs[name] = t.to(torch.float16 if dtype != torch.float16 else torch.float32)
+        return kwargs, "must share a dtype"
+    if defect == "device":
+        kwargs[name] = t.to(draw.other_device)
+        return kwargs, "different devices"
+    if defect == "not_tensor":
+        kwargs[name] = t.tolist()
+        return kwargs, f"{name} must be a torch.Tensor"
+    if defect == "scale":
+        kwargs["scale"] = float(draw.choice("bad_scale", ["nan", "inf", "-inf"]))
+        return kwargs, "scale must be a finite number"
+    if defect == "scale_type":
+        kwargs["scale"] = draw.choice("bad_scale", ["0.1", True, [0.1]])
+        return kwargs, "scale must be a float or None"
+    kwargs["dropout_p"] = draw.choice("bad_dropout_p", [1.0, -0.1, 1.5, "nan", "inf", "0.1", True])
+    if kwargs["dropout_p"] in ("nan", "inf"):
+        kwargs["dropout_p"] = float(kwargs["dropout_p"])
+    return kwargs, "dropout_p must be a float in [0, 1)"

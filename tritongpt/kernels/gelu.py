@@ -268,9 +268,70 @@ bias_gelu_fwd.register_autograd(_bias_gelu_backward, setup_context=_bias_gelu_se
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """GELU (tanh approximation) of x, elementwise, in one Triton kernel."""
+    check_inputs("gelu", x=x)  # a non-tensor: our TypeError, not the op dispatcher's RuntimeError
     return gelu_fwd(x)
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """gelu(x + bias), bias (C,) broadcast over the last dimension of x; the add is fused into the kernel."""
+    check_inputs("bias_gelu", x=x, bias=bias)
     return bias_gelu_fwd(x, bias)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fuzz case space (`gpt verify --fuzz`, tritongpt/fuzz.py): the Limits above as the calls to draw. `draw` names
+# each value (the keys of a case's JSON) and skews sizes to the tile edges.
+
+_FUZZ_WIDTHS = (1, 256, 512, BLOCK_COLS, 2 * BLOCK_COLS, 3 * BLOCK_COLS)  # tiles: up to BLOCK_COLS columns
+_FUZZ_ELEMENTS = {"cpu": 2**17, "cuda": 2**24}  # most elements of x drawn (the interpreter is slow)
+
+
+def fuzz_case(op: str, draw) -> dict:
+    """A call gelu / bias_gelu must get right: any shape (0-d and 1-d too; bias_gelu over the last dim), row
+    counts on both sides of a tile (TILE_BYTES / BLOCK_COLS rows), magnitudes up to the dtype's largest (what
+    overflows in the cast is inf), NaN and +-inf in a few elements, fp32, fp16 (bf16 on a GPU), any layout."""
+    dtype = draw.dtype()
+    n_cols = draw.integer("C", 1, 3 * BLOCK_COLS + 1, near=_FUZZ_WIDTHS)
+    most_rows = max(1, min(600, _FUZZ_ELEMENTS[draw.device.type] // n_cols))
+    tile_rows = TILE_BYTES // (min(BLOCK_COLS, triton.next_power_of_2(n_cols)) * dtype.itemsize)
+    lead = draw.choice("lead", ["rows", "row", "batch"] + (["scalar"] if op == "gelu" else []))
+    if lead == "scalar":
+        shape = ()
+    elif lead == "row":
+        shape = (n_cols,)
+    elif lead == "rows":
+        shape = (draw.integer("rows", 0, most_rows, near=(1, tile_rows, 2 * tile_rows)), n_cols)
+    else:
+        shape = (draw.integer("A", 1, 3), draw.integer("rows", 0, max(1, most_rows // 3), near=(tile_rows,)), n_cols)
+    magnitude = draw.choice("x_scale", [3.0, 1e-3, 30.0, 1e3, "max"])
+    scale = torch.finfo(dtype).max / 4 if magnitude == "max" else magnitude
+    kwargs = {"x": draw.tensor("x", shape, dtype, scale, specials=True)}
+    if op == "bias_gelu":
+        kwargs["bias"] = draw.tensor("bias", (n_cols,), dtype, specials=True)
+    return kwargs
+
+
+def fuzz_invalid(op: str, draw) -> tuple[dict, str]:
+    """A call gelu / bias_gelu must refuse, and what its error must name: an unsupported dtype, a bias of the
+    wrong shape, mixed devices, a non-tensor."""
+    dtype = draw.dtype()
+    n_cols = draw.integer("C", 1, 64, near=(1, 32))
+    kwargs = {"x": draw.tensor("x", (draw.integer("rows", 1, 4), n_cols), dtype, layout=False)}
+    if op == "bias_gelu":
+        kwargs["bias"] = draw.tensor("bias", (n_cols,), dtype, layout=False)
+    defect = draw.choice("defect", ["dtype", "device", "not_tensor"] + (["bias_shape"] if op == "bias_gelu" else []))
+    name = draw.choice("which", list(kwargs))
+    if defect == "dtype":
+        bad = draw.choice("bad_dtype", ["float64", "int32", "bool"])
+        kwargs[name] = kwargs[name].to(getattr(torch, bad))
+        return kwargs, f"{name} has dtype torch.{bad}"
+    if defect == "bias_shape":
+        bad = draw.choice("bad_shape", [[n_cols + 1], [max(n_cols - 1, 0)], [1, n_cols], []])
+        kwargs["bias"] = torch.ones(bad, dtype=dtype, device=draw.device)
+        return kwargs, f"bias has shape {tuple(bad)}"
+    if defect == "device":  # gelu's one tensor alone on another device: a device no kernel runs on
+        kwargs[name] = kwargs[name].to(draw.other_device)
+        alone = "CPU tensors" if draw.gpu else "unsupported device meta"
+        return kwargs, "different devices" if op == "bias_gelu" else alone
+    kwargs[name] = kwargs[name].tolist()
+    return kwargs, f"{name} must be a torch.Tensor"

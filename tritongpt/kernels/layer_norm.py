@@ -12,10 +12,11 @@ ops) -> the public functions.
 
 Kernels: each program loops over a contiguous chunk of rows (`tl.range` with 2 pipeline stages where two rows
 fit in a small shared-memory budget, so the next row is loaded while this one is computed). The forward keeps
-a row in one warp up to width 1024 (its two reductions are warp shuffles), loads weight and bias once per
-program, and launches enough programs to fill every SM (rows wider than 4096: one program per row, weight and
-bias loaded after the statistics, where registers are short); the backward spreads a row over a few more
-warps (it holds twice the live values) and reduces the row's two sums as one pair.
+a row in one warp up to width 1024 (its reductions are warp shuffles; the mean gets one correction step, the
+corrected two-pass), loads weight and bias once per program, and launches enough programs to fill every SM
+(rows wider than 4096: one program per row, weight and bias loaded after the statistics, where registers are
+short); the backward spreads a row over a few more warps (it holds twice the live values) and reduces the
+row's three sums as one triple.
 
 Dtypes: x (and residual) fp16, bf16 or fp32; statistics in fp32 (mean and rstd are saved fp32 per row);
 y, s and dx in the input's dtype (add_layer_norm: the promoted dtype of x and residual). Under torch.autocast
@@ -45,6 +46,7 @@ from tritongpt.kernels._common import (
     as_rows,
     as_vector,
     check_inputs,
+    interpreter_enabled,
     launcher,
     library_op,
     row_config,
@@ -88,7 +90,14 @@ def _layer_norm_fwd_row(
         x = s.to(tl.float32)
     mean = tl.sum(x, axis=0) / n_cols
     xc = tl.where(mask, x - mean, 0.0)
-    var = tl.sum(xc * xc, axis=0) / n_cols
+    # One correction step: the fp32 sum leaves the mean off by about an ulp of |mean|, an error of ulp(mean) / std
+    # in y, which is large where |mean| >> std (rows at 300 +- 1: 5x the reference's error, whose sum of the
+    # row is nearly exact). corr = mean(xc) is that error to first order; the variance around the corrected
+    # mean is mean(xc^2) - corr^2, and y is formed from xc - corr (not from the rounded corrected mean).
+    corr = tl.sum(xc, axis=0) / n_cols
+    var = tl.maximum(tl.sum(xc * xc, axis=0) / n_cols - corr * corr, 0.0)
+    mean += corr
+    xc = tl.where(mask, xc - corr, 0.0)
     rstd = 1.0 / tl.sqrt(var + eps)
     tl.store(MEAN + row, mean)
     tl.store(RSTD + row, rstd)
@@ -152,17 +161,20 @@ def _layer_norm_fwd_kernel(
 
 
 @triton.jit
-def _add_pair(a0, a1, b0, b1):
-    return a0 + b0, a1 + b1
+def _add_triple(a0, a1, a2, b0, b1, b2):
+    return a0 + b0, a1 + b1, a2 + b2
 
 
 # Backward. With n = n_cols, xhat = (x - mean) * rstd and y = xhat * w + b, per row:
 #   g     = dy * w                                    (gradient into xhat)
-#   dx    = rstd * (g - mean(g) - xhat * mean(g * xhat))
+#   dx    = rstd * (g - mean(g) - (xhat - mean(xhat)) * mean(g * xhat))
 #   (from d xhat_j / d x_i = rstd * (delta_ij - 1/n - xhat_i xhat_j / n))
 #   dw    = sum over rows of dy * xhat,   db = sum over rows of dy
-# The two row sums (of g and g * xhat) are one reduction of a pair: one pass through the reduction tree (and,
-# where a row spans several warps, one shared-memory exchange instead of two).
+# mean(xhat) is 0 but for the rounding of the saved fp32 mean, which biases xhat by ulp(mean) * rstd: where
+# |mean| >> std (a row at 300 +- 1) that bias, times mean(g * xhat), was ~4x the reference's error in dx. The
+# reference's autograd (through mean and var) subtracts it; so do we. The three row sums (of g * xhat, g and
+# xhat) are one reduction of a triple: one pass through the reduction tree (and, where a row spans several
+# warps, one shared-memory exchange instead of three).
 # add_layer_norm: s = x + residual is also an output, so its gradient ds is added: dx = dresidual = dx + ds.
 # dw, db: each program sums its contiguous chunk of rows into one fp32 partial row; the host adds the
 # partial rows with torch. No atomics, so the result is the same every run.
@@ -186,8 +198,12 @@ def _layer_norm_bwd_kernel(
     HAS_DSUM: tl.constexpr,
     BLOCK: tl.constexpr,
     NUM_STAGES: tl.constexpr,
+    ONE_REDUCTION: tl.constexpr,
 ):
-    """Program p: rows [p * rows_per_program, ...), the next row's x, dy (and ds) prefetched (NUM_STAGES = 2)."""
+    """Program p: rows [p * rows_per_program, ...), the next row's x, dy (and ds) prefetched (NUM_STAGES = 2).
+    ONE_REDUCTION: the row's three sums as one reduction of a triple; otherwise (Triton's interpreter) three
+    tl.sum, since the interpreter runs a reduction with a combine function of ours element by element in Python:
+    a sequential fp32 sum, slow and, on a 50k-wide row, with 55x the reference's error in dx."""
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -205,8 +221,11 @@ def _layer_norm_bwd_kernel(
         rstd = tl.load(RSTD + row)
         xhat = tl.where(mask, (x - mean) * rstd, 0.0)
         g = dy * w
-        sum_gxhat, sum_g = tl.reduce((g * xhat, g), 0, _add_pair)
-        dx = (g - sum_g / n_cols - xhat * (sum_gxhat / n_cols)) * rstd
+        if ONE_REDUCTION:
+            sum_gxhat, sum_g, sum_xhat = tl.reduce((g * xhat, g, xhat), 0, _add_triple)
+        else:
+            sum_gxhat, sum_g, sum_xhat = tl.sum(g * xhat, axis=0), tl.sum(g, axis=0), tl.sum(xhat, axis=0)
+        dx = (g - sum_g / n_cols - (xhat - sum_xhat / n_cols) * (sum_gxhat / n_cols)) * rstd
         if HAS_DSUM:
             dx += tl.load(DS + row64 * stride_ds + cols, mask=mask, other=0.0).to(tl.float32)
         tl.store(DX + row64 * n_cols + cols, dx.to(DX.dtype.element_ty), mask=mask)
@@ -227,6 +246,7 @@ _BWD_PER_THREAD, _BWD_WARPS_PER_SM = 16, 16
 # Widest block the forward loops over rows with (weight and bias kept in registers); wider rows, where registers
 # are short, get one program each.
 _ROW_LOOP_MAX_BLOCK = 4096
+_INTERPRET = interpreter_enabled()  # read once at import, as Triton decides interpreter or compiler
 
 
 def _check_width(op: str, n_cols: int) -> None:
@@ -345,7 +365,8 @@ def layer_norm_bwd(
         dy2, x2, weight, mean, rstd, ds2 if ds2 is not None else dy2, dx, dw_partial, db_partial,
         dy2.stride(0), x2.stride(0), ds2.stride(0) if ds2 is not None else 0,
         n_rows, n_cols, rows_per_program,
-        HAS_DSUM=dsum is not None, BLOCK=cfg.block, NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps,
+        HAS_DSUM=dsum is not None, BLOCK=cfg.block, NUM_STAGES=cfg.num_stages, ONE_REDUCTION=not _INTERPRET,
+        num_warps=cfg.num_warps,
     )  # fmt: skip
     dw = dw_partial.sum(dim=0).to(weight.dtype)
     db = db_partial.sum(dim=0).to(weight.dtype)
@@ -407,6 +428,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """LayerNorm over the last dimension of x (any leading shape), fused in one Triton kernel. y is in x's dtype,
     or in autocast's dtype while torch.autocast is on (statistics in fp32 either way)."""
     _check_eps("layer_norm", eps)
+    check_inputs("layer_norm", x=x, weight=weight, bias=bias)  # a non-tensor: our TypeError, not the dispatcher's
     return layer_norm_fwd(x, weight, bias, float(eps), _autocast_dtype(x))[0]
 
 
@@ -417,5 +439,87 @@ def add_layer_norm(
     The sum is in the promoted dtype of x and residual; the normalised output too, or in autocast's dtype while
     torch.autocast is on."""
     _check_eps("add_layer_norm", eps)
+    check_inputs("add_layer_norm", x=x, residual=residual, weight=weight, bias=bias)
     y, s, _, _ = add_layer_norm_fwd(x, residual, weight, bias, float(eps), _autocast_dtype(x))
     return y, s
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fuzz case space (`gpt verify --fuzz`, tritongpt/fuzz.py): the Limits above as the calls to draw. `draw` names
+# each value (the keys of a case's JSON) and skews sizes to the block edges.
+
+# Widths at the kernels' edges: one warp per row up to 1024 (forward), the row loop up to _ROW_LOOP_MAX_BLOCK,
+# one register block per row up to MAX_ROW_WIDTH.
+_FUZZ_WIDTHS = (1, 32, 512, 1024, 2048, _ROW_LOOP_MAX_BLOCK, 8192, MAX_ROW_WIDTH)
+_FUZZ_ELEMENTS = {"cpu": 2**17, "cuda": 2**24}  # most elements of x drawn (the interpreter is slow)
+
+
+def fuzz_case(op: str, draw) -> dict:
+    """A call layer_norm / add_layer_norm must get right: widths 1..MAX_ROW_WIDTH skewed to the block edges, 0
+    rows and more, one to three dimensions; eps > 0; with or without bias; x scaled and offset (mean >> std;
+    constant rows),
+    with NaN or +-inf in a few elements; fp32, fp16 (bf16 on a GPU); add_layer_norm's residual in x's dtype or
+    another (the sum and output in the promoted one); any layout of every tensor."""
+    dtype = draw.dtype()
+    n_cols = draw.integer("C", 1, MAX_ROW_WIDTH, near=_FUZZ_WIDTHS)
+    most_rows = max(1, min(70, _FUZZ_ELEMENTS[draw.device.type] // n_cols))
+    lead = draw.choice("lead", ["rows", "row", "batch"])
+    if lead == "row":
+        shape = (n_cols,)
+    elif lead == "rows":
+        shape = (draw.integer("rows", 0, most_rows, near=(1, 8)), n_cols)
+    else:
+        shape = (draw.integer("A", 1, 3), draw.integer("rows", 0, max(1, most_rows // 3)), n_cols)
+    scale = draw.choice("x_scale", [1.0, 1e-3, 30.0, 1e3, 0.0])  # 0: constant rows (x_mean, exact in fp32)
+    offset = draw.choice("x_mean", [0.0, 10.0, 300.0])
+    eps = draw.choice("eps", [1e-5, 1e-6, 1e-3, 1.0, 1e-12])
+    kwargs = {"x": draw.tensor("x", shape, dtype, scale, offset, specials=True)}
+    if op == "add_layer_norm":
+        kwargs["residual"] = draw.tensor("residual", shape, draw.dtype("residual_dtype", same=dtype), scale)
+    kwargs["weight"] = draw.tensor("weight", (n_cols,), dtype, 0.5, 1.0)
+    kwargs["bias"] = draw.tensor("bias", (n_cols,), dtype) if draw.choice("bias", [True, False]) else None
+    kwargs["eps"] = eps
+    return kwargs
+
+
+def fuzz_invalid(op: str, draw) -> tuple[dict, str]:
+    """A call layer_norm / add_layer_norm must refuse, and what its error must name: an unsupported dtype, a
+    weight, bias or residual of the wrong shape, rows wider than MAX_ROW_WIDTH, eps not positive and finite,
+    mixed devices, a non-tensor."""
+    dtype = draw.dtype()
+    n_cols = draw.integer("C", 1, 64, near=(1, 32))
+    shape = (draw.integer("rows", 1, 4), n_cols)
+    kwargs = {"x": draw.tensor("x", shape, dtype, layout=False)}
+    if op == "add_layer_norm":
+        kwargs["residual"] = draw.tensor("residual", shape, dtype, layout=False)
+    kwargs["weight"] = draw.tensor("weight", (n_cols,), dtype, layout=False)
+    kwargs["bias"] = draw.tensor("bias", (n_cols,), dtype, layout=False)
+    defects = ["dtype", "weight_shape", "bias_shape", "width", "eps", "device", "not_tensor"]
+    defect = draw.choice("defect", defects + (["residual_shape"] if op == "add_layer_norm" else []))
+    name = draw.choice("which", list(kwargs))
+    if defect == "dtype":
+        bad = draw.choice("bad_dtype", ["float64", "int32", "bool"])
+        kwargs[name] = kwargs[name].to(getattr(torch, bad))
+        return kwargs, f"{name} has dtype torch.{bad}"
+    if defect in ("weight_shape", "bias_shape"):
+        name = defect.split("_")[0]
+        bad = draw.choice("bad_shape", [[n_cols + 1], [max(n_cols - 1, 0)], [1, n_cols], [n_cols, 1]])
+        kwargs[name] = torch.ones(bad, dtype=dtype, device=draw.device)
+        return kwargs, f"{name} has shape {tuple(bad)}"
+    if defect == "residual_shape":
+        kwargs["residual"] = kwargs["residual"][:, None] if draw.choice("bad_shape", ["3d", "rows"]) == "3d" else (
+            torch.cat([kwargs["residual"], kwargs["residual"]]))  # fmt: skip
+        return kwargs, "residual has shape"
+    if defect == "width":
+        wide = MAX_ROW_WIDTH + draw.integer("extra", 1, 7)
+        kwargs = {n: (t[:1, :1].expand(1, wide) if t.dim() == 2 else t[:1].expand(wide)) for n, t in kwargs.items()}
+        return kwargs, f"rows of width {wide} exceed"
+    if defect == "eps":
+        bad = draw.choice("bad_eps", [0.0, -1e-5, "nan", "inf", "-inf", "1e-5", True])
+        kwargs["eps"] = float(bad) if bad in ("nan", "inf", "-inf") else bad
+        return kwargs, "eps must be a positive finite number"
+    if defect == "device":
+        kwargs[name] = kwargs[name].to(draw.other_device)
+        return kwargs, "different devices"
+    kwargs[name] = kwargs[name].tolist()
+    return kwargs, f"{name} must be a torch.Tensor"

@@ -51,6 +51,8 @@ rows is specialised (the chunk loop runs on the host), so a dynamic batch size r
 double backward.
 """
 
+import sys
+
 import torch
 import triton
 import triton.language as tl
@@ -269,3 +271,90 @@ def linear_cross_entropy(
     x2 = x.reshape(-1, x.shape[-1]) if x.dim() else x
     t2 = targets.reshape(-1)
     return linear_cross_entropy_fwd(x2, weight, t2, int(ignore_index), int(n_classes), compute_grad)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fuzz case space (`gpt verify --fuzz`, tritongpt/fuzz.py): the Limits above as the calls to draw. `draw` names
+# each value (the keys of a case's JSON) and skews sizes to the chunk and block edges.
+
+
+def fuzz_case(op: str, draw) -> dict:
+    """A call linear_cross_entropy must get right: rows on both sides of a chunk (CHUNK_ROWS drawn, or the
+    default), vocabularies on both sides of the kernel's block (BLOCK_COLS drawn small too), a padded head
+    (n_classes < V), ignore_index -1, -100 or a real class, some or all rows ignored, logits up to ~100, leading
+    dimensions, fp32, fp16 (bf16 on a GPU), any layout of x, weight and targets."""
+    module = sys.modules[__name__]
+    block = draw.choice("block_cols", [BLOCK_COLS, 16, 32, 64])
+    chunk = draw.choice("chunk_rows", [None, 1, 2, 3, 4, 8])
+    draw.setting(module, "BLOCK_COLS", block)
+    draw.setting(module, "CHUNK_ROWS", chunk)
+    dtype = draw.dtype()
+    n_rows = draw.integer("N", 1, 64, near=(*(m * (chunk or 1) for m in (1, 2, 4)), 16, 32))
+    n_cols = draw.integer("C", 1, 96, near=(16, 64))
+    vocab = draw.integer("V", 1, min(6000, 16 * block), near=(block, 2 * block, 4 * block))
+    n_classes = (
+        draw.integer("n_classes", 1, vocab, near=(block, vocab - 1)) if draw.choice("padded", [False, True]) else None
+    )
+    ignore_index = draw.choice("ignore_index", [-1, -100, 0])
+    ignored = draw.choice("ignored", ["some", "none", "all"])
+    scale = draw.choice("x_scale", [1.0, 0.1, 3.5])
+    lead = (n_rows,) if draw.choice("lead", ["rows", "batch"]) == "rows" else (draw.integer("A", 1, 3), n_rows)
+    gen = draw.generator()
+    targets = torch.randint(0, n_classes or vocab, lead, generator=gen)
+    drop = torch.rand(lead, generator=gen) < (0.3 if ignored == "some" else 1.0 if ignored == "all" else 0.0)
+    return {
+        "x": draw.tensor("x", (*lead, n_cols), dtype, scale),
+        "weight": draw.tensor("weight", (vocab, n_cols), dtype, scale),
+        "targets": draw.tensor("targets", lead, torch.int64, values=targets.masked_fill(drop, ignore_index)),
+        "ignore_index": ignore_index,
+        "n_classes": n_classes,
+    }
+
+
+def fuzz_invalid(op: str, draw) -> tuple[dict, str]:
+    """A call linear_cross_entropy must refuse, and what its error must name: x and weight widths that differ, a
+    weight not 2-D, targets of the wrong dtype, shape, type or device, n_classes outside [1, V], mixed or
+    unsupported dtypes, mixed devices."""
+    dtype = draw.dtype()
+    n_rows, n_cols, vocab = draw.integer("N", 1, 5), draw.integer("C", 1, 16), draw.integer("V", 1, 40)
+    x = draw.tensor("x", (n_rows, n_cols), dtype, layout=False)
+    weight = draw.tensor("weight", (vocab, n_cols), dtype, layout=False)
+    targets = draw.tensor("targets", (n_rows,), torch.int64, high=vocab, layout=False)
+    kwargs = {"x": x, "weight": weight, "targets": targets, "ignore_index": -1, "n_classes": None}
+    defect = draw.choice("defect", ["width", "weight_rank", "targets_dtype", "targets_shape", "targets_type",
+                                    "targets_device", "n_classes", "mixed_dtypes", "dtype", "device"])  # fmt: skip
+    if defect == "width":
+        kwargs["weight"] = torch.ones((vocab, n_cols + 1), dtype=dtype, device=draw.device)
+        return kwargs, "expected (N, C) and (V, C)"
+    if defect == "weight_rank":
+        kwargs["weight"] = weight[0] if draw.choice("rank", [1, 3]) == 1 else weight[None]
+        return kwargs, "expected (N, C) and (V, C)"
+    if defect == "targets_dtype":
+        bad = draw.choice("bad_dtype", ["int32", "float32", "bool"])
+        kwargs["targets"] = targets.to(getattr(torch, bad))
+        return kwargs, f"targets has dtype torch.{bad}"
+    if defect == "targets_shape":
+        kwargs["targets"] = (
+            torch.cat([targets, targets[:1]]) if draw.choice("extra", [True, False]) else targets[:, None]
+        )
+        return kwargs, "targets has shape"
+    if defect == "targets_type":
+        kwargs["targets"] = targets.tolist()
+        return kwargs, "targets must be a torch.Tensor"
+    if defect == "targets_device":
+        kwargs["targets"] = targets.to(draw.other_device)
+        return kwargs, "targets are on"
+    if defect == "n_classes":
+        kwargs["n_classes"] = draw.choice("bad_n_classes", ["V+1", 0, -3])
+        kwargs["n_classes"] = vocab + 1 if kwargs["n_classes"] == "V+1" else kwargs["n_classes"]
+        return kwargs, f"n_classes is {kwargs['n_classes']}"
+    if defect == "mixed_dtypes":
+        kwargs["weight"] = weight.to(torch.float16 if dtype != torch.float16 else torch.float32)
+        return kwargs, "pass one dtype"
+    if defect == "dtype":
+        bad = draw.choice("bad_dtype", ["float64", "int64"])
+        name = draw.choice("which", ["x", "weight"])
+        kwargs[name] = kwargs[name].to(getattr(torch, bad))
+        return kwargs, f"{name} has dtype torch.{bad}"
+    kwargs["weight"] = weight.to(draw.other_device)
+    return kwargs, "different devices"
