@@ -16,7 +16,8 @@ triton_ops = kernels.implementation("triton")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 # The CI budget: cases per op of a fixed-seed run, about 30 s in all on 2 CPU cores through the interpreter (the
-# whole file about 40 s). A campaign runs `gpt verify --fuzz` with more cases and other seeds (kernels/README.md).
+# whole file about 40 s). A campaign runs `gpt verify --fuzz` with more cases and other seeds
+# (tritongpt/kernels/README.md).
 CI_CASES = {
     "layer_norm": 40,
     "add_layer_norm": 40,

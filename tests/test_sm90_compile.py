@@ -72,7 +72,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-TABLE_PATH = REPO / "kernels" / "SM90_COMPILE.md"
+TABLE_PATH = REPO / "tritongpt" / "kernels" / "SM90_COMPILE.md"
 H100_SMEM_PER_BLOCK = 227 * 1024  # opt-in dynamic shared memory per block on sm_90
 N_WORKERS = 2
 DTYPES = ("float16", "bfloat16", "float32")
