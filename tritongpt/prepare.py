@@ -1124,7 +1124,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(line)
         sys.stdout.flush()
-    except (BrokenPipeError, ValueError):  # nobody reads stdout any more: the work is done all the same
+    except BrokenPipeError:  # the reader went away: the data is complete all the same; 141 as for SIGPIPE
+        silence_stdout()
+        return 141
+    except ValueError:  # a closed standard output: the data is complete
         silence_stdout()
     except StdoutError as e:  # a full disk: said (exit 2), but the data is complete
         raise StdoutError(e if args.check else f"{e} (the data is complete all the same)") from None
