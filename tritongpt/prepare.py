@@ -1007,16 +1007,19 @@ class _Run:
             "inputs_sha256": self.inputs_id,
         }
         new = {r["file"] for s in self.splits for r in s.complete} | {META}
-        with signals_deferred():  # the swap is never left half done by Ctrl-C; after a crash, --resume ends it
-            if self.replaces:  # from here the folder reads as unfinished, never as a mix of earlier and new files
-                (self.out / META).unlink(missing_ok=True)
-                for s in self.splits:
-                    s.publish_held()
-            write_json_atomic(self.out / META, meta)
-            for name in self.replaces:
-                if name not in new:
-                    (self.out / name).unlink(missing_ok=True)
-            (self.out / STATE).unlink(missing_ok=True)
+        try:
+            with signals_deferred():  # the swap is never left half done by Ctrl-C; after a crash, --resume ends it
+                if self.replaces:  # from here the folder reads as unfinished, never a mix of earlier and new files
+                    (self.out / META).unlink(missing_ok=True)
+                    for s in self.splits:
+                        s.publish_held()
+                write_json_atomic(self.out / META, meta)
+                for name in self.replaces:
+                    if name not in new:
+                        (self.out / name).unlink(missing_ok=True)
+                (self.out / STATE).unlink(missing_ok=True)
+        except KeyboardInterrupt:  # held back during the swap, delivered at its end: nothing is left to do
+            raise Interrupted(f"after the new data was complete ({self.out / META})") from None
         return load_meta(self.out)
 
     def close(self) -> None:
