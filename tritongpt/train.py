@@ -286,14 +286,20 @@ class Trainer:
                 self.metrics.plot()
             except CheckpointError as e:
                 error = e
-        if self.dist.enabled:  # also the barrier: every rank learns whether rank 0 saved
+        other = CheckpointError(f"rank 0 could not save the checkpoint of step {self.step} (see its message)")
+        self._raise_on_every_rank(error, other)  # also the barrier: every rank learns whether rank 0 saved
+        return path
+
+    def _raise_on_every_rank(self, error: Exception | None, other: Exception) -> None:
+        """Rank 0's `error` raised on rank 0, and `other` on every other rank, where rank 0 had one (under DDP
+        a collective: every rank calls it)."""
+        if self.dist.enabled:
             failed = torch.tensor([float(error is not None)], device=self.device)
             dist.all_reduce(failed)
             if failed.item() and error is None:
-                error = CheckpointError(f"rank 0 could not save the checkpoint of step {self.step} (see its message)")
+                error = other
         if error is not None:
             raise error
-        return path
 
     # ------------------------------------------------------------------ one step
     def accumulate_gradients(self, step: int) -> torch.Tensor:
@@ -440,13 +446,18 @@ class Trainer:
         disk say, fails here) and the folder's lock is held (`tritongpt.files.folder_lock`: one writer); only
         then is an earlier run set aside, or the records a resumed run redoes dropped from metrics.jsonl."""
         self.log(self.describe())
-        if not self.dist.master:
-            return self._loop()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with folder_lock(self.run_dir, "gpt train"):
-            if self.resumed_from is not None:
+        with contextlib.ExitStack() as held:
+            error = None
+            if self.dist.master:  # rank 0 writes the folder; under DDP every rank learns whether it may
+                try:
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    held.enter_context(folder_lock(self.run_dir, "gpt train"))
+                except OSError as e:
+                    error = e
+            self._raise_on_every_rank(error, OutputError(f"rank 0 could not take {self.run_dir} (see its message)"))
+            if self.dist.master and self.resumed_from is not None:
                 self.metrics.truncate(self.step)
-            else:
+            elif self.dist.master:
                 self.checkpoints.set_aside_previous_run()
             return self._loop()
 
