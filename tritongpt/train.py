@@ -57,7 +57,7 @@ from tritongpt.config import (
     fit_vocabulary,
     load_configs,
 )  # fmt: skip
-from tritongpt.data import DataError, WindowSampler, check_token_ids, open_split, read_data_tokenizer
+from tritongpt.data import DataError, open_training_data
 from tritongpt.files import OutputError, StdoutError, StopRequest, check_output_dir, folder_lock, os_error_message
 from tritongpt.flops import device_peak_flops, flops_per_token
 from tritongpt.generate import GenerationError, generate, training_sample_ids
@@ -163,20 +163,15 @@ class Trainer:
         if self.dist.master:
             check_output_dir(self.run_dir, "train.out_dir")
 
-        # data
-        d = Path(data_cfg.dir)
-        self.meta, self.tok = read_data_tokenizer(d, data_cfg.missing_hint())
-        data_vocab = self.tok.vocab_size
-        self.model_cfg = model_cfg = fit_vocabulary(model_cfg, data_vocab, data_cfg.dir)
-        T = model_cfg.context_length
-        train_tokens, val_tokens = open_split(d, "train"), open_split(d, "val")
-        check_token_ids(d, self.meta, data_vocab, {"train": train_tokens, "val": val_tokens})
+        # data: every shard, windows drawn across them; the vocabulary the data's (the rest of the model's padding)
         ranks = self.dist.world_size
-        self.sampler = WindowSampler(  # every shard, windows drawn across them
-            train_tokens, T, cfg.batch_size, cfg.seed, cfg.grad_accum, ranks, f"the train split of {d}", data_vocab
-        )
-        val = WindowSampler(val_tokens, T, cfg.batch_size, cfg.seed, 1, ranks, f"the val split of {d}", data_vocab)
-        self.val_batches = val.fixed_batches(cfg.eval_batches, self.dist.rank)
+        data = open_training_data(
+            data_cfg, model_cfg.context_length, cfg.batch_size, cfg.seed, cfg.grad_accum, ranks, self.dist.rank,
+            cfg.eval_batches,
+        )  # fmt: skip
+        self.meta, self.tok, self.sampler, self.val_batches = data
+        self.model_cfg = model_cfg = fit_vocabulary(model_cfg, self.tok.vocab_size, data_cfg.dir)
+        T = model_cfg.context_length
         self.tokens_per_step = cfg.batch_size * cfg.grad_accum * ranks * T
         self.max_steps = math.ceil(cfg.max_tokens / self.tokens_per_step) if cfg.max_tokens else cfg.max_steps
         self.hellaswag = load_hellaswag(cfg.hellaswag, self.tok, T, cfg.hellaswag_limit) if cfg.hellaswag else None
