@@ -168,6 +168,10 @@ def test_device_rows_take_the_category_of_their_launching_op_and_rank_on_the_dev
     ]  # fmt: skip
     assert sum(r["pct_of_step"] for r in dev) == pytest.approx(45.1)
     assert [r["name"] for r in profile.ranked(rows, on_device=False)][0] == "ProfilerStep*"
+    for e in events:  # a torch whose events do not say which op launched a kernel: each name decides alone
+        del e.linked_correlation_id
+    unlinked = profile.ranked(profile.step_rows(events, n_steps=1, step_ms=10.0), on_device=True)
+    assert [(r["category"], r["self_ms"]) for r in unlinked] == [("attention", 3.0), ("other", 1.5), ("other", 0.01)]
     meta = dict(
         backend="triton+compile", shape="gpt2-124m:B16xT1024", dtype="bf16-autocast", gpu="NVIDIA H100", torch="2.13",
         triton="3.6", date="2026-12-07", command="profile step", step_ms=10.0, steps=1,
@@ -211,6 +215,7 @@ def test_ncu_command_profiles_our_kernels_in_the_region_and_its_kernel_part_runs
     cmd = shlex.split(capsys.readouterr().out.strip())
     assert not out.exists()  # printed, not run
     assert cmd[0] == "ncu" and cmd[cmd.index("--profile-from-start") + 1] == "off"
+    assert cmd[cmd.index("--clock-control") + 1] == "none"
     assert cmd[cmd.index("--kernel-name") + 1] == "regex:_layer_norm_bwd_kernel"
     assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--section"] == list(profile.NCU_SECTIONS)
     assert cmd[cmd.index("--metrics") + 1] == r"regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
@@ -233,8 +238,9 @@ def test_ncu_runs_the_command_and_writes_its_report(tmp_path, capsys):
     fake.chmod(0o755)
     out = tmp_path / "ncu"
     assert main(["ncu", "--op", "attention", "--out", str(out), "--ncu", str(fake)]) == 0
-    assert "--kernel-name regex:_attn_fwd_kernel" in (out / "command.txt").read_text()
-    assert "| 1 | `_attn_fwd_kernel` | 98.32 |" in (out / "ncu.md").read_text()
+    md = (out / "ncu.md").read_text()
+    assert "--kernel-name regex:_attn_fwd_kernel" in md and "| 1 | `_attn_fwd_kernel` | 98.32 |" in md
+    assert sorted(p.name for p in out.iterdir()) == ["ncu.csv", "ncu.md"]
     assert "wrote" in capsys.readouterr().out
     assert main(["ncu", "--op", "attention", "--out", str(tmp_path / "n2"), "--ncu", str(tmp_path / "none")]) == 2
     assert "no such program" in _error_line(capsys)

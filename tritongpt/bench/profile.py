@@ -55,13 +55,14 @@ thread of its own, outside the main thread's range. Inputs are built as `gpt ben
 region.
 
 `ncu`: runs `kernel` under Nsight Compute (`ncu_command`, the one place the command line is written):
-    ncu --target-processes all --profile-from-start off --kernel-name regex:<our kernels of op and mode>
-        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats
-        --section WarpStateStats --metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active\\.ratio
+    ncu --target-processes all --profile-from-start off --clock-control none
+        --kernel-name regex:<our kernels of op and mode> --section SpeedOfLight --section MemoryWorkloadAnalysis
+        --section Occupancy --section LaunchStats --section WarpStateStats
+        --metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active\\.ratio
         --csv --page details --log-file DIR/ncu.csv python -m tritongpt.bench.profile kernel ...
-then turns DIR/ncu.csv into DIR/ncu.md as `ncu-report` does. `--print-command` prints that command line
-(shell-quoted) and runs nothing. With a provider other than triton no `--kernel-name` filter is given: every
-kernel of the region is profiled (torch's own are few per op).
+then turns DIR/ncu.csv into DIR/ncu.md as `ncu-report` does, naming the command (two files in all).
+`--print-command` prints that command line (shell-quoted) and runs nothing. With a provider other than triton
+no `--kernel-name` filter is given: every kernel of the region is profiled (torch's own are few per op).
 
 `ncu-report CSV --out DIR`: reads ncu's `--csv --page details` output (one row per kernel launch, section and
 metric: ID, Kernel Name, Section Name, Metric Name, Metric Unit, Metric Value; lines before the header, like
@@ -70,11 +71,16 @@ duration, DRAM throughput (% of peak) and bandwidth, SM throughput, achieved and
 registers per thread, block and grid, the top warp stall reasons (cycles per issued instruction and their
 share) and ncu's own optimisation hints with their estimated speedup.
 
-Limits: ncu runs each profiled kernel many times (one pass per group of counters) with caches flushed and
-clocks locked to base (ncu's defaults, `--cache-control all --clock-control base`): its duration is not
-do_bench's. The kernel names ncu and torch.profiler show for Triton kernels are the `@triton.jit` function
-names; under torch.compile Inductor may add a suffix, which the regex tolerates. Exit status: 0 done; 1 ncu
-failed or profiled nothing; 2 bad arguments or an output folder that is not new or empty; 130 on Ctrl-C.
+Limits: ncu replays each profiled kernel many times (one pass per group of counters) with caches flushed
+between passes (`--cache-control all`, its default); clocks are left as they run (`--clock-control none`, as
+the lent machines' notes advise, rather than ncu's base-clock default). Its duration is one cold call, not
+do_bench's median. ncu needs the GPU's counters: on the lent machines they were readable under Firecracker
+and not under gVisor ("Failed to initialize the profiler"), where `ncu` fails with ncu's own message. The
+kernel names ncu and torch.profiler show for Triton kernels are the `@triton.jit` function names; under
+torch.compile Inductor may add a suffix, which the regex tolerates. Kernels are linked to their launching op
+through the events' `linked_correlation_id`; a torch without it leaves each name to decide its category.
+Exit status: 0 done; 1 ncu failed or profiled nothing; 2 bad arguments or an output folder that is not new
+or empty; 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -195,6 +201,11 @@ def step_name(name: str) -> str:
     return re.sub(r"^ProfilerStep#\d+$", "ProfilerStep*", name)
 
 
+def _link(event) -> int:
+    """The id of the op that launched a device event (0: none known; a torch whose events lack the field)."""
+    return getattr(event, "linked_correlation_id", 0) or 0
+
+
 def step_rows(events, n_steps: int, step_ms: float) -> list[dict]:
     """The profiler's events (`prof.events()`) as rows of (name, kind, category), averaged per step.
 
@@ -206,13 +217,13 @@ def step_rows(events, n_steps: int, step_ms: float) -> list[dict]:
     from torch.autograd import DeviceType
 
     # the ops a device event can be linked to: CPU events that are not themselves linked (runtime calls are)
-    ops = {e.id: e for e in events if e.device_type == DeviceType.CPU and not e.linked_correlation_id}
+    ops = {e.id: e for e in events if e.device_type == DeviceType.CPU and not _link(e)}
     agg: dict[tuple[str, str, str, str], list[float]] = {}
     for e in events:
         clock = "host" if e.device_type == DeviceType.CPU else "device"
-        kind = "annotation" if e.is_user_annotation else ("cpu_op" if clock == "host" else "device")
+        kind = "annotation" if getattr(e, "is_user_annotation", False) else ("cpu_op" if clock == "host" else "device")
         if clock == "device":
-            cat = category_in_context(e.name, ops.get(e.linked_correlation_id))
+            cat = category_in_context(e.name, ops.get(_link(e)))
             self_us = total_us = e.self_device_time_total
         else:
             cat = category_in_context(e.name, e.cpu_parent)
@@ -495,7 +506,7 @@ def kernel_argv(args) -> list[str]:
 
 def ncu_command(kernel_args: list[str], csv_path: Path, regex: str | None, ncu: str = "ncu") -> list[str]:
     """The Nsight Compute command that profiles `kernel` with `kernel_args` into `csv_path` (module docstring)."""
-    cmd = [ncu, "--target-processes", "all", "--profile-from-start", "off"]
+    cmd = [ncu, "--target-processes", "all", "--profile-from-start", "off", "--clock-control", "none"]
     cmd += ["--kernel-name", f"regex:{regex}"] if regex else []
     for section in NCU_SECTIONS:
         cmd += ["--section", section]
@@ -511,7 +522,6 @@ def run_ncu(args) -> int:
         print(shlex.join(cmd))
         return 0
     out = new_out_dir(args.out)
-    write_text_atomic(out / "command.txt", shlex.join(cmd) + "\n")
     print(f"profile: {shlex.join(cmd)}", flush=True)
     try:
         code = subprocess.run(cmd, check=False).returncode
@@ -521,7 +531,7 @@ def run_ncu(args) -> int:
         print(f"profile: error: ncu exited with status {code} (its output is above and in {csv_path})",
               file=sys.stderr)  # fmt: skip
         return 1
-    return report_ncu(csv_path, out, new_folder=False)
+    return report_ncu(csv_path, out, new_folder=False, command=shlex.join(cmd))
 
 
 def _number(text: str) -> float | None:
@@ -616,17 +626,18 @@ def _fmt(v: float | None, spec: str = ".1f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def ncu_markdown(launches: list[KernelLaunch], source: str) -> str:
+def ncu_markdown(launches: list[KernelLaunch], source: str, command: str = "") -> str:
     """ncu.md: per launch the figures that say why a kernel is as fast as it is."""
     sol, occ, launch = "GPU Speed Of Light Throughput", "Occupancy", "Launch Statistics"
     lines = [
         f"# Nsight Compute: {len(launches)} kernel launch{'es' if len(launches) != 1 else ''}",
         "",
-        f"From `{source}` (ncu `--csv --page details`). Duration under ncu (clocks locked to base, caches flushed). "
+        f"From `{source}` (ncu `--csv --page details`). Duration of one profiled call (caches flushed before it). "
         "DRAM %: DRAM throughput as a share of the card's peak; SM %: compute throughput; occupancy: active warps "
         "per SM as a share of the maximum, achieved vs the launch's theoretical limit. Stalls: cycles per issued "
         "instruction a warp spends stalled for each reason (share of all stalls).",
         "",
+        *([f"Command: `{command}`", ""] if command else []),
         "| ID | kernel | µs | DRAM % | DRAM GB/s | SM % | occupancy achieved / theoretical % | regs/thread "
         "| block | grid | top stalls |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -652,9 +663,9 @@ def ncu_markdown(launches: list[KernelLaunch], source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_ncu(csv_path: Path, out: Path, new_folder: bool) -> int:
-    """ncu.md in `out` (first made as `new_out_dir` makes it, with `new_folder`) from the CSV at `csv_path`;
-    one line per launch on stdout. 1 when it holds no launch."""
+def report_ncu(csv_path: Path, out: Path, new_folder: bool, command: str = "") -> int:
+    """ncu.md in `out` (first made as `new_out_dir` makes it, with `new_folder`) from the CSV at `csv_path`,
+    naming the `command` that wrote it; one line per launch on stdout. 1 when it holds no launch."""
     try:
         text = csv_path.read_text(encoding="utf-8", errors="replace")
         launches = parse_ncu_csv(text)
@@ -667,7 +678,7 @@ def report_ncu(csv_path: Path, out: Path, new_folder: bool) -> int:
         return 1
     if new_folder:
         new_out_dir(out)
-    write_text_atomic(out / "ncu.md", ncu_markdown(launches, csv_path.name))
+    write_text_atomic(out / "ncu.md", ncu_markdown(launches, csv_path.name, command))
     for k in launches:
         stalls = k.stalls()
         print(
@@ -713,7 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     _kernel_options(k, interpret=True)
     n = sub.add_parser("ncu", help="`kernel` under Nsight Compute, then ncu.md")
     _kernel_options(n, interpret=False)
-    n.add_argument("--out", type=Path, required=True, help="new or empty folder for ncu.csv, ncu.md, command.txt")
+    n.add_argument("--out", type=Path, required=True, help="new or empty folder for ncu.csv and ncu.md")
     n.add_argument("--ncu", default=os.environ.get("NCU", "ncu"), help="the ncu program (default $NCU or ncu)")
     n.add_argument("--print-command", action="store_true", help="print the ncu command line; run nothing")
     r = sub.add_parser("ncu-report", help="ncu's --csv --page details output -> ncu.md")
