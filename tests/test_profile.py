@@ -30,7 +30,8 @@ CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU 
 
 def _error_line(capsys) -> str:
     err = capsys.readouterr().err.strip()
-    assert err.startswith("profile: error: ") and "\n" not in err and "Traceback" not in err, err
+    assert err.startswith(f"{profile.PROG}: error: "), err
+    assert "\n" not in err and "Traceback" not in err, err
     return err
 
 

@@ -107,7 +107,7 @@ MODES = ("fwd", "bwd", "fwd+bwd")
 
 
 class ProfileError(Exception):
-    """A mistake in the command line or its files: one `profile: error:` line, exit status 2."""
+    """A mistake in the command line or its files: one `PROG: error:` line, exit status 2."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -528,7 +528,7 @@ def run_ncu(args) -> int:
     except FileNotFoundError:
         raise ProfileError(f"{args.ncu}: no such program (Nsight Compute's ncu; --ncu PATH names another)") from None
     if code != 0:
-        print(f"profile: error: ncu exited with status {code} (its output is above and in {csv_path})",
+        print(f"{PROG}: error: ncu exited with status {code} (its output is above and in {csv_path})",
               file=sys.stderr)  # fmt: skip
         return 1
     return report_ncu(csv_path, out, new_folder=False, command=shlex.join(cmd))
@@ -674,7 +674,7 @@ def report_ncu(csv_path: Path, out: Path, new_folder: bool, command: str = "") -
     except ValueError as e:
         raise ProfileError(f"{csv_path}: {e}") from None
     if not launches:
-        print(f"profile: error: {csv_path} holds no profiled kernel (did the filter match none?)", file=sys.stderr)
+        print(f"{PROG}: error: {csv_path} holds no profiled kernel (did the filter match none?)", file=sys.stderr)
         return 1
     if new_folder:
         new_out_dir(out)
@@ -752,10 +752,10 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(1)  # a tiny CPU run: OpenMP spin-waits on shared cores cost more than they give
         return profile_step(args, argv) if args.command == "step" else run_kernel(args)
     except ProfileError as e:
-        print(f"profile: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except OutputError as e:
-        print(f"profile: error: {os_error_message(e)}", file=sys.stderr)
+        print(f"{PROG}: error: {os_error_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nprofile: interrupted", file=sys.stderr)
