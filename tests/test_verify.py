@@ -181,6 +181,18 @@ def test_an_empty_folder_is_taken(tmp_path):
     assert len(_read(tmp_path / "v")[1]) == 6
 
 
+def test_a_folder_another_run_is_writing_is_refused(tmp_path, capsys):
+    from tritongpt.files import folder_lock
+
+    out = tmp_path / "v"
+    out.mkdir()
+    with folder_lock(out, "gpt verify"):
+        assert verify.main(["--quick", "--ops", "gelu", "--variants", "none", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"gpt verify: error: {out} is in use by gpt verify (pid ") and "\n" not in err
+    assert list(out.iterdir()) == []
+
+
 def test_failures_are_rows_and_listed_in_the_summary(tmp_path, monkeypatch):
     monkeypatch.setattr(triton_ops, "bias_gelu", lambda x, bias: reference.bias_gelu(x, bias) * 1.001)
     out = tmp_path / "v"
