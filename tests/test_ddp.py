@@ -14,6 +14,7 @@ import torch
 from tritongpt.checkpoint import checkpoint_path, load_checkpoint
 from tritongpt.config import DataConfig
 from tritongpt.eval import main as eval_main
+from tritongpt.files import folder_lock
 from tritongpt.prepare import prepare
 from tritongpt.train import main
 
@@ -56,13 +57,42 @@ def records(run_dir: Path, kind: str, key: str) -> dict[int, float]:
     return {r["step"]: r[key] for r in map(json.loads, lines) if r["kind"] == kind}
 
 
-def test_two_gloo_processes_match_one(tmp_path):
+def torchrun(cfg: Path, out: Path, *sets: str) -> subprocess.CompletedProcess:
+    """`gpt train` as 2 gloo processes under torchrun."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "tritongpt.train", "--config", str(cfg), "--out", str(out), "--set", *sets]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def ddp_config(tmp_path) -> Path:
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     (tmp_path / "text.txt").write_text(TEXT, encoding="utf-8")
     data = tmp_path / "data"
     prepare(DataConfig(dir=str(data), inputs=[str(tmp_path / "text.txt")]), quiet=True)
-    cfg = write_config(tmp_path / "ddp.toml", data)
+    return write_config(tmp_path / "ddp.toml", data)
+
+
+def test_a_run_folder_in_use_stops_every_rank(tmp_path, ddp_config):
+    """Rank 0 takes the folder's lock; when another process holds it, every rank stops with a one-line error
+    (rank 1 does not wait in a collective for a rank 0 that has gone)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    with folder_lock(out, "gpt train"):
+        proc = torchrun(ddp_config, out, "train.batch_size=2")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("gpt train: error: ")]
+    assert proc.returncode != 0 and len(errors) == 2, proc.stderr[-3000:]
+    assert any(f"{out} is in use by gpt train (pid {os.getpid()}, since " in e for e in errors), errors
+    assert f"gpt train: error: rank 0 could not take {out} (see its message)" in errors, errors
+    assert sorted(os.listdir(out)) == [], "nothing written into a folder another process holds"
+
+
+def test_two_gloo_processes_match_one(tmp_path, ddp_config):
+    cfg, data = ddp_config, tmp_path / "data"
     hellaswag = tmp_path / "hellaswag.jsonl"
     endings = [" jumps.", " over.", " the dog.", " lazy."]
     hellaswag.write_text(
@@ -72,13 +102,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     )
     with_hellaswag = f"train.hellaswag='{hellaswag.as_posix()}'"
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "tritongpt.train", "--config", str(cfg), "--out", str(tmp_path / "ddp")]
-    cmd += ["--set", "train.batch_size=2", "train.grad_accum=2", with_hellaswag]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = torchrun(cfg, tmp_path / "ddp", "train.batch_size=2", "train.grad_accum=2", with_hellaswag)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 processes" in proc.stdout  # rank 0 logs, once
     assert proc.stdout.count("model ") == 1

@@ -44,6 +44,7 @@ import pytest
 import torch
 
 from tritongpt.cli import main as gpt_main
+from tritongpt.prepare import check_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -140,7 +141,7 @@ class Case:
     setup: Callable[[Env], None] | None = None  # break the world or the machine
     changes: tuple[str, ...] = ()  # fnmatch patterns of the paths the command may (and must) create/change/remove
     check: Callable[[Path, Result], None] | None = None  # more assertions on a result
-    process: str = ""  # "sigint", "head" or "closed-stdout": run `python -m tritongpt` as a child process, so treated
+    process: str = ""  # "sigint", "head", "gone" or "closed-stdout": run `python -m tritongpt` as a child process
     stdin: str | bytes | None = None  # in-process: "closed" (sys.stdin is None) or these bytes
     stdout: str = ""  # in-process: "full" (standard output on /dev/full: every write fails with ENOSPC)
 
@@ -1543,6 +1544,14 @@ PREPARE_CASES = [
         setup=prepared(*PREP[1:]),
         check=error_has("nothing to do"),
     ),
+    Case(
+        "prepare: the reader is gone before the summary line (gpt prepare | true): the data is complete, exit 141",
+        PREP,
+        "quiet",
+        process="gone",
+        changes=("o/*",),
+        check=lambda w, r: check_folder(w / "o"),
+    ),
 ]
 
 EVAL_CASES = [
@@ -1623,7 +1632,21 @@ BENCH_CASES = [
         ("b/command.txt", "no space left on the device"),
         setup=both(write("b/command.txt", ""), write("b/notes.txt", ""), fsync_fails),
     ),
+    Case(
+        "bench: the reader is gone (gpt bench | true): the run goes on, its files are complete, exit 141 quietly",
+        BENCH,
+        "quiet",
+        process="gone",
+        changes=("b/", "b/*"),
+        check=lambda w, r: _assert_results(w / "b"),
+    ),
+    Case("bench --plan: the reader is gone: exit 141 quietly", ["bench", "--plan"], "quiet", process="gone"),
 ]
+
+
+def _assert_results(out: Path) -> None:
+    rows = (out / "results.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) > 1 and (out / "summary.md").is_file(), rows
 
 
 def _assert_tokens(out: Path, n: int) -> None:
@@ -1726,6 +1749,12 @@ def run_in_child(case: Case, world: Path) -> Result:
         err = p.stderr.read()
         p.wait(timeout=300)
         out = first
+    elif case.process == "gone":  # the reader goes away before the command writes anything
+        p = subprocess.Popen(cmd, **pipes)
+        p.stdout.close()
+        err = p.stderr.read()
+        p.wait(timeout=300)
+        out = b""
     elif case.process == "closed-stdout":
         p = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *cmd], **{**pipes, "timeout": 300})
         out, err = p.stdout, p.stderr

@@ -491,6 +491,32 @@ def test_interrupted_before_any_shard_leaves_nothing(corpus, tmp_path, monkeypat
     assert not (tmp_path / "out").exists()
 
 
+def test_ctrl_c_during_the_final_swap_is_said_after_it(corpus, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C while a re-prepare swaps its new data in is held back until the swap is done: exit 130, and the
+    line says the new data is complete (it is)."""
+    out = tmp_path / "o"
+    assert main(["--input", str(corpus), "--out", str(out), "--tokenizer", "char", "--quiet"]) == 0
+    before = json.loads((out / "meta.json").read_text())
+    before_docs = before["source"]["documents"]
+    (corpus / "e.txt").write_text("one more line\n", encoding="utf-8")
+    write_meta = tritongpt.prepare.write_json_atomic
+
+    def ctrl_c_then_write(path, obj):  # the signal lands in the middle of the swap
+        if Path(path).name == "meta.json":
+            os.kill(os.getpid(), signal.SIGINT)
+        return write_meta(path, obj)
+
+    monkeypatch.setattr(tritongpt.prepare, "write_json_atomic", ctrl_c_then_write)
+    capsys.readouterr()
+    assert main(["--input", str(corpus), "--out", str(out), "--tokenizer", "char", "--quiet"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"gpt prepare: interrupted: after the new data was complete ({out / 'meta.json'})", err
+    monkeypatch.undo()
+    assert main(["--check", str(out)]) == 0
+    after = json.loads((out / "meta.json").read_text())
+    assert after["inputs_sha256"] != before["inputs_sha256"] and after["source"]["documents"] > before_docs
+
+
 def slow_prepare_command(corpus: Path, out: Path) -> list[str]:
     """`gpt prepare` in a subprocess with every chunk slowed down, so a signal lands mid-run."""
     code = (
@@ -673,11 +699,11 @@ def test_ctrl_c_during_start_up_and_a_closed_stdout(corpus, tmp_path, monkeypatc
     monkeypatch.undo()
 
     read, write = os.pipe()
-    os.close(read)  # nobody reads the summary line
+    os.close(read)  # nobody reads the summary line: the data is written all the same, and the status says so
     cmd = [sys.executable, "-m", "tritongpt", "prepare", "--input", str(corpus), "--out", str(tmp_path / "p")]
     proc = subprocess.run(cmd, stdout=write, stderr=subprocess.PIPE, timeout=120)
     os.close(write)
-    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    assert proc.returncode == 141 and proc.stderr == b"", proc.stderr
     assert (tmp_path / "p" / "meta.json").is_file()
 
 

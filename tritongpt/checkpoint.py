@@ -320,6 +320,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
 
 
+def restore_rng(ckpt: dict[str, Any], path: Path, rank: int, world_size: int, fallback_seed: int) -> None:
+    """Restore this rank's generators from a training checkpoint (`rng_ranks`, one state per rank); with another
+    world size than the run that saved it, seed them with `fallback_seed` instead. CheckpointError naming `path`
+    for a state that cannot be restored."""
+    ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
+    if len(ranks) != world_size:
+        torch.manual_seed(fallback_seed)
+        return
+    try:
+        set_rng_state(ranks[rank])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"--resume: {path} has an unusable RNG state: {e}") from None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # A run folder's checkpoints, as a training run keeps them
 

@@ -15,6 +15,7 @@ e.g. `gpt verify --quick` can switch on Triton's interpreter before any kernel i
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
@@ -31,6 +32,17 @@ COMMANDS = {
     "verify": ("tritongpt.verify", "check every Triton kernel against the reference"),
     "bench": ("tritongpt.bench.cli", "benchmark the kernels against PyTorch"),
 }
+
+
+def positive(text: str) -> int:
+    """An argparse type shared by the commands: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def usage() -> str:

@@ -378,3 +378,20 @@ def load_configs(
     """The three configs of a preset (`gpt train`), with the `--set TABLE.KEY=VALUE` overrides applied."""
     raw = merge(load_toml(name_or_path), parse_overrides(overrides or []))
     return tuple(section(raw, table, cls, KNOWN_TABLES) for table, cls in TABLES.items())
+
+
+def fit_vocabulary(model_cfg: GPTConfig, data_vocab: int, data_dir: str) -> GPTConfig:
+    """`model_cfg` with `real_vocab_size` set for data of `data_vocab` tokens: the data's size where the model's
+    vocabulary is larger (the rows past it are padding), else 0. ConfigError where the model's is too small."""
+    if data_vocab > model_cfg.vocab_size:
+        raise ConfigError(
+            f"the prepared data in {data_dir} has a {data_vocab}-token vocabulary, more than "
+            f"model.vocab_size = {model_cfg.vocab_size}; raise model.vocab_size"
+        )
+    if model_cfg.real_vocab_size not in (0, data_vocab):
+        raise ConfigError(
+            f"model.real_vocab_size = {model_cfg.real_vocab_size}, but the prepared data in {data_dir} has "
+            f"a {data_vocab}-token vocabulary; leave it unset (the data decides it)"
+        )
+    padded = data_vocab < model_cfg.vocab_size
+    return dataclasses.replace(model_cfg, real_vocab_size=data_vocab if padded else 0)

@@ -41,7 +41,7 @@ import re
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -49,6 +49,8 @@ from tritongpt.files import name_os_errors, parse_json
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: `gpt prepare` starts without it
     import torch
+
+    from tritongpt.config import DataConfig
 
 MAGIC = b"TGPTTOK\0"
 VERSION = 1
@@ -528,6 +530,30 @@ class WindowSampler:
         rng = np.random.default_rng([self.seed, 0x5EED])
         starts = rng.integers(0, self.n_windows, size=n_batches * self.world_size * self.B)
         return [self.batch(0, micro=i, rank=rank, starts=starts) for i in range(n_batches)]
+
+
+class TrainingData(NamedTuple):
+    meta: dict  # meta.json
+    tokenizer: Any
+    sampler: WindowSampler  # the training windows of every step, this rank's share
+    val_batches: list[tuple[torch.Tensor, torch.Tensor]]  # the fixed validation batches, this rank's share
+
+
+def open_training_data(
+    data_cfg: DataConfig, context_length: int, batch_size: int, seed: int, grad_accum: int, world_size: int,
+    rank: int, eval_batches: int,
+) -> TrainingData:  # fmt: skip
+    """What `gpt train` reads from a prepared folder: its meta and tokenizer (`read_data_tokenizer`), both splits
+    checked against the vocabulary, the train split's `WindowSampler` and the validation batches."""
+    d = Path(data_cfg.dir)
+    meta, tok = read_data_tokenizer(d, data_cfg.missing_hint())
+    vocab = tok.vocab_size
+    train_tokens, val_tokens = open_split(d, "train"), open_split(d, "val")
+    check_token_ids(d, meta, vocab, {"train": train_tokens, "val": val_tokens})
+    args = (context_length, batch_size, seed)
+    sampler = WindowSampler(train_tokens, *args, grad_accum, world_size, f"the train split of {d}", vocab)
+    val = WindowSampler(val_tokens, *args, 1, world_size, f"the val split of {d}", vocab)
+    return TrainingData(meta, tok, sampler, val.fixed_batches(eval_batches, rank))
 
 
 class SlidingWindowDataset:

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from tritongpt.backend import BACKENDS, resolve_device
+from tritongpt.cli import positive
 from tritongpt.config import TrainConfig
 from tritongpt.data import DataError
 from tritongpt.files import OutputError, atomic_write, check_output_dir, os_error_message, silence_stdout, strict_json
@@ -280,16 +281,6 @@ class Output:
 
 # ---------------------------------------------------------------------------------------------------------
 # `gpt eval`
-
-
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -192,19 +192,29 @@ def check_output_dir(path: str | Path, what: str) -> None:
         raise OutputError(f"{what} {path}: cannot create files in {folder} ({reason})") from None
 
 
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """SIGINT and SIGTERM are held back while the block runs and delivered after it, so a group of renames
-    (setting an earlier run aside) is never left half done. Outside the main thread: no effect."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    (setting an earlier run aside) is never left half done. Outside the main thread: no effect.
+
+    The signals are caught by handlers that only note them, then raised again once the previous handlers are
+    back. (A thread's signal mask would not do: a signal sent to the process, as Ctrl-C is, goes to any thread
+    that does not block it, a tokenizer worker say, and Python then runs its handler in the main thread.)"""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: held.append(signum)) for sig in DEFERRED_SIGNALS}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(held):  # each once, in the order they came
+            signal.raise_signal(sig)
 
 
 class StopRequest:

@@ -27,7 +27,9 @@ from collections.abc import Iterator
 import torch
 
 from tritongpt.backend import BACKENDS, resolve_device
+from tritongpt.config import ConfigError, TrainConfig
 from tritongpt.model import GPT, KVCache
+from tritongpt.tokenizer import TokenizerError
 
 # ---------------------------------------------------------------------------------------------------------
 # Sampling
@@ -251,14 +253,25 @@ def _start_ids(tok) -> list[int]:
     trainer samples a character model."""
     if tok.eot_id is not None:
         return [tok.eot_id]
-    from tritongpt.tokenizer import TokenizerError
-
     try:
         return tok.encode("\n")
     except TokenizerError:
         raise ArgumentError(
             "empty prompt, and this tokenizer has neither <|endoftext|> nor a newline to start from: give --prompt"
         ) from None
+
+
+def training_sample_ids(prompt: str, tok, data_dir: str) -> list[int]:
+    """The ids a training run's samples start from: `train.sample_prompt` encoded, or <|endoftext|> (else id 0)
+    for an empty one. ConfigError naming the prompt where the data's tokenizer cannot encode it (checked before
+    training); only the default, a newline, falls back quietly (a character corpus without one)."""
+    try:
+        ids = tok.encode(prompt) if prompt else []
+    except TokenizerError as e:
+        if prompt != TrainConfig.sample_prompt:
+            raise ConfigError(f"train.sample_prompt {prompt!r}: {e} of the data in {data_dir}") from None
+        ids = []
+    return ids or [tok.eot_id if tok.eot_id is not None else 0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,9 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--seed must fit in 64 bits, got {args.seed}")
 
     from tritongpt.checkpoint import CheckpointError
-    from tritongpt.config import ConfigError
     from tritongpt.hf import HFError
-    from tritongpt.tokenizer import TokenizerError
 
     try:
         try:

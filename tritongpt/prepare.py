@@ -1007,16 +1007,19 @@ class _Run:
             "inputs_sha256": self.inputs_id,
         }
         new = {r["file"] for s in self.splits for r in s.complete} | {META}
-        with signals_deferred():  # the swap is never left half done by Ctrl-C; after a crash, --resume ends it
-            if self.replaces:  # from here the folder reads as unfinished, never as a mix of earlier and new files
-                (self.out / META).unlink(missing_ok=True)
-                for s in self.splits:
-                    s.publish_held()
-            write_json_atomic(self.out / META, meta)
-            for name in self.replaces:
-                if name not in new:
-                    (self.out / name).unlink(missing_ok=True)
-            (self.out / STATE).unlink(missing_ok=True)
+        try:
+            with signals_deferred():  # the swap is never left half done by Ctrl-C; after a crash, --resume ends it
+                if self.replaces:  # from here the folder reads as unfinished, never a mix of earlier and new files
+                    (self.out / META).unlink(missing_ok=True)
+                    for s in self.splits:
+                        s.publish_held()
+                write_json_atomic(self.out / META, meta)
+                for name in self.replaces:
+                    if name not in new:
+                        (self.out / name).unlink(missing_ok=True)
+                (self.out / STATE).unlink(missing_ok=True)
+        except KeyboardInterrupt:  # held back during the swap, delivered at its end: nothing is left to do
+            raise Interrupted(f"after the new data was complete ({self.out / META})") from None
         return load_meta(self.out)
 
     def close(self) -> None:
@@ -1124,7 +1127,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(line)
         sys.stdout.flush()
-    except (BrokenPipeError, ValueError):  # nobody reads stdout any more: the work is done all the same
+    except BrokenPipeError:  # the reader went away: the data is complete all the same; 141 as for SIGPIPE
+        silence_stdout()
+        return 141
+    except ValueError:  # a closed standard output: the data is complete
         silence_stdout()
     except StdoutError as e:  # a full disk: said (exit 2), but the data is complete
         raise StdoutError(e if args.check else f"{e} (the data is complete all the same)") from None

@@ -47,19 +47,27 @@ import torch
 import torch.distributed as dist
 
 from tritongpt.backend import check_backend_runs
-from tritongpt.checkpoint import Checkpointer, CheckpointError, model_payload, rng_state, set_rng_state
-from tritongpt.config import ConfigError, DataConfig, GPTConfig, TrainConfig, add_set_argument, load_configs
-from tritongpt.data import DataError, WindowSampler, check_token_ids, open_split, read_data_tokenizer
+from tritongpt.checkpoint import Checkpointer, CheckpointError, model_payload, restore_rng, rng_state
+from tritongpt.config import (
+    ConfigError,
+    DataConfig,
+    GPTConfig,
+    TrainConfig,
+    add_set_argument,
+    fit_vocabulary,
+    load_configs,
+)  # fmt: skip
+from tritongpt.data import DataError, open_training_data
 from tritongpt.files import OutputError, StdoutError, StopRequest, check_output_dir, folder_lock, os_error_message
 from tritongpt.flops import device_peak_flops, flops_per_token
-from tritongpt.generate import GenerationError, generate
+from tritongpt.generate import GenerationError, generate, training_sample_ids
 from tritongpt.hellaswag import evaluate_hellaswag, load_hellaswag
 from tritongpt.metrics import MetricsLog
 from tritongpt.model import GPT, TRAINING_BYTES_PER_PARAM, check_model_fits
 from tritongpt.tokenizer import TokenizerError
 
 # ---------------------------------------------------------------------------------------------------------
-# Pieces with a formula: schedule, parameter groups, the vocabulary
+# Pieces with a formula: schedule, parameter groups
 
 
 def lr_at(step: int, cfg: TrainConfig, max_steps: int | None = None) -> float:
@@ -85,36 +93,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def fit_vocabulary(model_cfg: GPTConfig, data_vocab: int, data_dir: str) -> GPTConfig:
-    """`model_cfg` with `real_vocab_size` set for data of `data_vocab` tokens: the data's size where the model's
-    vocabulary is larger (the rows past it are padding), else 0. ConfigError where the model's is too small."""
-    if data_vocab > model_cfg.vocab_size:
-        raise ConfigError(
-            f"the prepared data in {data_dir} has a {data_vocab}-token vocabulary, more than "
-            f"model.vocab_size = {model_cfg.vocab_size}; raise model.vocab_size"
-        )
-    if model_cfg.real_vocab_size not in (0, data_vocab):
-        raise ConfigError(
-            f"model.real_vocab_size = {model_cfg.real_vocab_size}, but the prepared data in {data_dir} has "
-            f"a {data_vocab}-token vocabulary; leave it unset (the data decides it)"
-        )
-    padded = data_vocab < model_cfg.vocab_size
-    return dataclasses.replace(model_cfg, real_vocab_size=data_vocab if padded else 0)
-
-
-def sample_start(prompt: str, tok, data_dir: str) -> list[int]:
-    """The ids samples start from: `train.sample_prompt` encoded, or <|endoftext|> (else id 0) for an empty one.
-    ConfigError naming the prompt where the data's tokenizer cannot encode it (checked before training); only
-    the default, a newline, falls back quietly (a character corpus without one)."""
-    try:
-        ids = tok.encode(prompt) if prompt else []
-    except TokenizerError as e:
-        if prompt != TrainConfig.sample_prompt:
-            raise ConfigError(f"train.sample_prompt {prompt!r}: {e} of the data in {data_dir}") from None
-        ids = []
-    return ids or [tok.eot_id if tok.eot_id is not None else 0]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -185,25 +163,20 @@ class Trainer:
         if self.dist.master:
             check_output_dir(self.run_dir, "train.out_dir")
 
-        # data
-        d = Path(data_cfg.dir)
-        self.meta, self.tok = read_data_tokenizer(d, data_cfg.missing_hint())
-        data_vocab = self.tok.vocab_size
-        self.model_cfg = model_cfg = fit_vocabulary(model_cfg, data_vocab, data_cfg.dir)
-        T = model_cfg.context_length
-        train_tokens, val_tokens = open_split(d, "train"), open_split(d, "val")
-        check_token_ids(d, self.meta, data_vocab, {"train": train_tokens, "val": val_tokens})
+        # data: every shard, windows drawn across them; the vocabulary the data's (the rest of the model's padding)
         ranks = self.dist.world_size
-        self.sampler = WindowSampler(  # every shard, windows drawn across them
-            train_tokens, T, cfg.batch_size, cfg.seed, cfg.grad_accum, ranks, f"the train split of {d}", data_vocab
-        )
-        val = WindowSampler(val_tokens, T, cfg.batch_size, cfg.seed, 1, ranks, f"the val split of {d}", data_vocab)
-        self.val_batches = val.fixed_batches(cfg.eval_batches, self.dist.rank)
+        data = open_training_data(
+            data_cfg, model_cfg.context_length, cfg.batch_size, cfg.seed, cfg.grad_accum, ranks, self.dist.rank,
+            cfg.eval_batches,
+        )  # fmt: skip
+        self.meta, self.tok, self.sampler, self.val_batches = data
+        self.model_cfg = model_cfg = fit_vocabulary(model_cfg, self.tok.vocab_size, data_cfg.dir)
+        T = model_cfg.context_length
         self.tokens_per_step = cfg.batch_size * cfg.grad_accum * ranks * T
         self.max_steps = math.ceil(cfg.max_tokens / self.tokens_per_step) if cfg.max_tokens else cfg.max_steps
         self.hellaswag = load_hellaswag(cfg.hellaswag, self.tok, T, cfg.hellaswag_limit) if cfg.hellaswag else None
         sampling = cfg.sample_tokens or cfg.final_sample_tokens
-        self.sample_ids = sample_start(cfg.sample_prompt, self.tok, data_cfg.dir) if sampling else []
+        self.sample_ids = training_sample_ids(cfg.sample_prompt, self.tok, data_cfg.dir) if sampling else []
 
         # model and optimizer: the same seed on every rank gives the same initial weights
         torch.manual_seed(cfg.seed)
@@ -211,13 +184,8 @@ class Trainer:
         np.random.seed(cfg.seed)
         check_model_fits(model_cfg, self.device, TRAINING_BYTES_PER_PARAM, "training with AdamW in fp32")
         self.model = GPT(model_cfg).to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, cfg.weight_decay),
-            lr=cfg.lr,
-            betas=(cfg.beta1, cfg.beta2),
-            eps=cfg.eps,
-            fused=self.device.type == "cuda",
-        )
+        groups, fused = param_groups(self.model, cfg.weight_decay), self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
         if self.dist.rank:  # dropout masks differ between ranks
             torch.manual_seed(cfg.seed + self.dist.rank)
 
@@ -296,14 +264,7 @@ class Trainer:
             self.best_val = float(ckpt.get("best_val_loss", float("inf")))
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"--resume: {path} does not fit this model and optimizer: {e}") from None
-        ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
-        if len(ranks) == self.dist.world_size:
-            try:
-                set_rng_state(ranks[self.dist.rank])
-            except (KeyError, TypeError, ValueError, RuntimeError) as e:
-                raise CheckpointError(f"--resume: {path} has an unusable RNG state: {e}") from None
-        else:
-            torch.manual_seed(self.cfg.seed + self.dist.rank + self.step)
+        restore_rng(ckpt, path, self.dist.rank, self.dist.world_size, self.cfg.seed + self.dist.rank + self.step)
         self.resumed_from = path
         self.log(f"resumed from {path} at step {self.step}")
 
@@ -320,14 +281,20 @@ class Trainer:
                 self.metrics.plot()
             except CheckpointError as e:
                 error = e
-        if self.dist.enabled:  # also the barrier: every rank learns whether rank 0 saved
+        other = CheckpointError(f"rank 0 could not save the checkpoint of step {self.step} (see its message)")
+        self._raise_on_every_rank(error, other)  # also the barrier: every rank learns whether rank 0 saved
+        return path
+
+    def _raise_on_every_rank(self, error: Exception | None, other: Exception) -> None:
+        """Rank 0's `error` raised on rank 0, and `other` on every other rank, where rank 0 had one (under DDP
+        a collective: every rank calls it)."""
+        if self.dist.enabled:
             failed = torch.tensor([float(error is not None)], device=self.device)
             dist.all_reduce(failed)
             if failed.item() and error is None:
-                error = CheckpointError(f"rank 0 could not save the checkpoint of step {self.step} (see its message)")
+                error = other
         if error is not None:
             raise error
-        return path
 
     # ------------------------------------------------------------------ one step
     def accumulate_gradients(self, step: int) -> torch.Tensor:
@@ -414,15 +381,8 @@ class Trainer:
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         with self.autocast():
             try:
-                out = generate(
-                    self.model,
-                    idx,
-                    n_tokens,
-                    temperature=self.cfg.temperature,
-                    top_k=self.cfg.top_k or None,
-                    generator=gen,
-                    vocab_size=self.tok.vocab_size,
-                )
+                sampling = {"temperature": self.cfg.temperature, "top_k": self.cfg.top_k or None, "generator": gen}
+                out = generate(self.model, idx, n_tokens, **sampling, vocab_size=self.tok.vocab_size)
             except GenerationError as e:  # non-finite logits: the weights diverged
                 raise TrainingStopped(f"stopping at step {self.step}: sampling failed: {e}") from None
         return self.tok.decode(out[0, len(ids) :].tolist())
@@ -481,13 +441,18 @@ class Trainer:
         disk say, fails here) and the folder's lock is held (`tritongpt.files.folder_lock`: one writer); only
         then is an earlier run set aside, or the records a resumed run redoes dropped from metrics.jsonl."""
         self.log(self.describe())
-        if not self.dist.master:
-            return self._loop()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with folder_lock(self.run_dir, "gpt train"):
-            if self.resumed_from is not None:
+        with contextlib.ExitStack() as held:
+            error = None
+            if self.dist.master:  # rank 0 writes the folder; under DDP every rank learns whether it may
+                try:
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    held.enter_context(folder_lock(self.run_dir, "gpt train"))
+                except OSError as e:
+                    error = e
+            self._raise_on_every_rank(error, OutputError(f"rank 0 could not take {self.run_dir} (see its message)"))
+            if self.dist.master and self.resumed_from is not None:
                 self.metrics.truncate(self.step)
-            else:
+            elif self.dist.master:
                 self.checkpoints.set_aside_previous_run()
             return self._loop()
 

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from tritongpt.bench import RESULTS_DIR
-from tritongpt.files import os_error_message, write_text_atomic
+from tritongpt.files import os_error_message, silence_stdout, write_text_atomic
 from tritongpt.kernels import OPS  # imports no torch, so --help needs none
 
 # The names tritongpt.bench.ops and tritongpt.bench.train_step define, repeated so that --help needs no torch import.
@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when done; 141 when done but the reader of standard output went away on the way (`gpt bench |
+    head`: the run goes on and writes its files, the output stops), as for SIGPIPE; 2 on an error."""
+    _READER_GONE.clear()
+    code = _main(argv)
+    return 141 if code == 0 and _READER_GONE else code
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
@@ -128,12 +136,16 @@ def _check_args(args: argparse.Namespace) -> None:
         raise BenchError(f"--train-batch-sizes must be positive, got {' '.join(map(str, bad))}")
 
 
+_READER_GONE: list[bool] = []  # one entry once standard output's reader has gone away (`main` exits 141)
+
+
 def _say(*args) -> None:
     """print that outlives its reader (`gpt bench | head`): the output stops, the run goes on."""
     try:
         print(*args, flush=True)
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        silence_stdout()
+        _READER_GONE.append(True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -182,7 +194,8 @@ def _plan(args: argparse.Namespace) -> int:
             print(line)
         sys.stdout.flush()
     except BrokenPipeError:  # `gpt bench --plan | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        silence_stdout()
+        _READER_GONE.append(True)
         return 0
     print(f"# {len(op_cases) + len(train_cases)} cases ({scale} scale), plus the 2 ceilings", file=sys.stderr)
     return 0

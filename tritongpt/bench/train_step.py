@@ -84,7 +84,7 @@ def plan_lines(cfg_name: str, seq_len: int, batch_sizes, providers, scale: str) 
 
 
 @contextlib.contextmanager
-def _tf32(enabled: bool):
+def tf32(enabled: bool):
     """TF32 matmuls for the duration (nanoGPT's setting), restored afterwards."""
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     if enabled:
@@ -115,7 +115,7 @@ def run_train(
         tally.notes.append(f"train_step: no datasheet peak for {env.gpu!r} in tritongpt.flops; MFU left out")
     matmul = ceilings.get("matmul")
     providers = list(dict.fromkeys(c.provider for c in cases))
-    with _tf32(cuda):
+    with tf32(cuda):
         for n, provider in enumerate(providers):
             mine = [c for c in cases if c.provider == provider]
             if time.monotonic() > deadline:
@@ -146,8 +146,7 @@ def _run_provider(cfg, cfg_name, provider, cases, seq_len, env, peak, matmul, ta
         tally.fail(len(cases), f"train_step `{provider}`: failed to build the model ({harness.why_failed(e)})")
         log(f"  train_step {provider}: FAILED ({harness.why_failed(e)})")
         return rows
-    cuda = device.type == "cuda"
-    opt = torch.optim.AdamW(gpt.parameters(), lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95), fused=cuda or None)
+    opt = make_optimizer(gpt)
     fpt = flops.flops_per_token(gpt, seq_len)
     for i, case in enumerate(cases):
         label = shape_label(cfg_name, case.batch, seq_len)
@@ -157,7 +156,8 @@ def _run_provider(cfg, cfg_name, provider, cases, seq_len, env, peak, matmul, ta
             )
             break
         try:
-            t, mem = _time_step(model, opt, cfg.vocab_size, case.batch, seq_len, device, case.dtype == "bf16-autocast")
+            step = make_step(model, opt, cfg.vocab_size, case.batch, seq_len, device, case.dtype == "bf16-autocast")
+            t, mem = _time_step(step, device)
         except Exception as e:  # one failing provider must not end the suite
             tally.fail(1, f"train_step {label} `{provider}`: failed ({harness.why_failed(e)})")
             log(f"  train_step {label} {provider}: FAILED ({harness.why_failed(e)})")
@@ -184,12 +184,15 @@ def _run_provider(cfg, cfg_name, provider, cases, seq_len, env, peak, matmul, ta
     return rows
 
 
-def _time_step(model, opt, vocab_size: int, bsz: int, seq_len: int, device: torch.device, bf16_autocast: bool):
-    """(Timing, peak MiB) of forward + backward + optimizer step at micro-batch `bsz`."""
-    cuda = device.type == "cuda"
-    harness.free_memory(device)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
+def make_optimizer(gpt: GPT) -> torch.optim.AdamW:
+    """nanoGPT's AdamW (fused on CUDA): the optimizer every timed or profiled step runs."""
+    cuda = next(gpt.parameters()).is_cuda
+    return torch.optim.AdamW(gpt.parameters(), lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95), fused=cuda or None)
+
+
+def make_step(model, opt, vocab_size: int, bsz: int, seq_len: int, device: torch.device, bf16_autocast: bool):
+    """One training step as a no-argument callable: forward (under bf16 autocast if asked) and loss on a fixed
+    random micro-batch of `bsz` x `seq_len` tokens, backward, optimizer step, gradients set to None."""
     g = torch.Generator(device=device).manual_seed(0)
     idx = torch.randint(vocab_size, (bsz, seq_len), device=device, generator=g)
     targets = torch.randint(vocab_size, (bsz, seq_len), device=device, generator=g)
@@ -202,9 +205,23 @@ def _time_step(model, opt, vocab_size: int, bsz: int, seq_len: int, device: torc
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(3 if cuda else 2):  # compile, autotune, create the optimizer state
+    return step
+
+
+def warm_up(step, device: torch.device) -> None:
+    """Run `step` until compiled, autotuned and with its optimizer state created; return when the device is idle."""
+    for _ in range(3 if device.type == "cuda" else 2):
         step()
     harness.synchronize(device)
+
+
+def _time_step(step, device: torch.device):
+    """(Timing, peak MiB) of `step` (from `make_step`), warmed up first."""
+    cuda = device.type == "cuda"
+    harness.free_memory(device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    warm_up(step, device)
     t = harness.bench_fn(step, device, warmup_ms=0.0, rep_ms=1000.0 if cuda else 0.0, min_reps=10 if cuda else 3)
     mem = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
     return t, mem
