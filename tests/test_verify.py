@@ -320,7 +320,7 @@ def test_small_is_one_attention_and_one_layer_norm(capsys):
         (["--fuzz", "2", "--variants", "tma"], "--variants chooses the grid's extra checks"),
         (["--backend", "native", "--variants", "tma"], "--variants check the triton backend's own paths"),
         (["--case", '{"op": "gelu"}', "--out", "x"], "--case runs one case alone, without --out"),
-        (["--jobs", "0"], "--jobs takes a number of processes >= 1"),
+        (["--jobs", "0"], "argument --jobs: must be >= 1, got 0"),
         (["--jobs", "2", "--small"], "--jobs is for the grid"),
         (["--helper", "2/2"], "--helper takes K/N with 0 <= K < N"),
     ],

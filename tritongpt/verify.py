@@ -75,6 +75,7 @@ from typing import Any
 
 import torch
 
+from tritongpt.cli import positive
 from tritongpt.kernels import IMPLEMENTATIONS, OPS
 
 OUTPUT_FACTOR = 2.0  # kernel error <= 2x the same-precision reference's error, for outputs
@@ -580,8 +581,6 @@ def _parse_list(text: str, known: Sequence[str], what: str) -> list[str] | str:
 def _argument_problem(args: argparse.Namespace) -> str | None:
     if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
         return "--budget takes a positive number of seconds"
-    if args.jobs < 1:
-        return f"--jobs takes a number of processes >= 1, got {args.jobs}"
     if args.jobs > 1 and (args.fuzz is not None or args.case is not None or args.small):
         return "--jobs is for the grid, not --fuzz, --case or --small"
     try:
@@ -634,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fuzz", type=int, metavar="N", help="N random cases per op, failures shrunk to a --case")
     ap.add_argument("--budget", type=float, metavar="SECONDS", help="start no case (with --fuzz: draw none) after this")
     ap.add_argument("--case", metavar="JSON", help="run one case as --fuzz prints it")
-    ap.add_argument("--jobs", type=int, default=1, metavar="N", help="N - 1 helper processes compile the grid's "
+    ap.add_argument("--jobs", type=positive, default=1, metavar="N", help="N - 1 helper processes compile the grid's "
                     "kernels ahead of this one (a cold GPU run is mostly compiling)")  # fmt: skip
     ap.add_argument("--helper", metavar="K/N", help=argparse.SUPPRESS)  # one of those helpers: every N-th case from K
     args = ap.parse_args(argv)
