@@ -20,7 +20,9 @@
 # On the device machine: the tool's `run` with carry [".gpu"] and command `bash scripts/gpu_session.sh CALL`.
 #
 #   call        limit  what                                                                        last run
-#   check       360 s  pytest -m gpu; model + generate tests on CUDA; the full gpt verify           never
+#   check       360 s  gpt verify: the full grid (fp32/fp16/bf16) and its variants (atomic-dQ,    never
+#                      TMA, dropout, determinism) -> verify/; --fuzz in fp16/bf16 for 25 s ->
+#                      fuzz/; pytest -m gpu; the model + generate tests on CUDA
 #   headline    360 s  attention B16xH12xT1024xD64 bf16 fwd/bwd/fwd+bwd: triton vs sdpa-flash,      never
 #                      sdpa-cudnn; GPT-2 124M step B16xT1024: native+compile vs triton+compile
 #   kernels     480 s  attention at the headline shape, every provider and SDPA backend;          never
@@ -33,18 +35,25 @@
 #   attention-d128 480 s  attention D=128, H=16, T 256..8192, every provider                        never
 #   norms       480 s  layer_norm, add_layer_norm at 16384 x {768, 1024, 1280, 1600}               never
 #   mlp         480 s  bias_gelu, gelu at 16384 x 4 x those widths                                 never
+#   sanitize    480 s  gpt verify --small (one attention fwd+bwd, one LayerNorm) alone, then under  never
+#                      compute-sanitizer racecheck and memcheck (on Firecracker machines: on gVisor
+#                      it refuses the device, /work/.library/device/KINDS.md)
 #
-# Leases, the most telling first: 1 = check, headline; 2 = kernels; 3 = train-step; 4 = train; then
-# attention, attention-d128, norms, mlp. Each call writes $OUT/<call>/log.txt and its results in a folder per
+# Leases, the most telling first: 1 = check, headline; 2 = kernels; 3 = sanitize; 4 = train-step; 5 = train;
+# then attention, attention-d128, norms, mlp. Each call writes $OUT/<call>/log.txt and its results in a folder per
 # step ($OUT/<call>/bench/: results.csv, summary.md, notes.txt, command.txt; decode/decode.csv; train/:
-# metrics.jsonl, loss.png), no plots (the merge draws them). After a call, write its wall time above.
+# metrics.jsonl, loss.png; check/verify/ and check/fuzz/: verify.csv, summary.md; 5 files for check), no
+# plots (the merge draws them). After a call, write its wall time above. Racecheck's "Potential WAW hazard" in a
+# reduction's shared-memory scratch, where lanes write the same word, is a known Triton pattern
+# (triton-lang/triton#7264): read the kernel and line it names before calling it ours.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 FIRST_LIMIT=360 # check and headline share the first lease with the machine's start
 LIMIT=480       # any other call: 10 min hard limit, minus 2 min to spare
 SETUP=30        # the setup step of every command: wheels, versions, nvidia-smi
 SOFT_MARGIN=60  # a benchmark's --time-budget is its step budget minus this: room for one slow case and the report
-CALLS="check headline kernels train-step train attention attention-d128 norms mlp"
+SOFT_VERIFY=15  # gpt verify's --budget is its step budget minus this: room for the case in hand and the summary
+CALLS="check headline kernels train-step train attention attention-d128 norms mlp sanitize"
 DATA=.gpu/data/shakespeare-gpt2
 MODE=""        # "show": steps print instead of running (`plan`); "count": they only add up their budgets;
                # "dry": they run on this CPU, in the small (`dry-run`)
@@ -82,13 +91,18 @@ step() {
     [ "$rc" -eq 0 ] || FAILED=1
 }
 
-# pytest_step NAME SECONDS ARGS...: pytest on the GPU; in a dry run only collected (CI runs the tests themselves).
+# pytest_step NAME SECONDS ARGS...: pytest on the GPU, on 8 worker processes where pytest-xdist is installed (the
+# image has it: the tests compile kernels, one core each); in a dry run only collected (CI runs the tests).
 pytest_step() {
     local name=$1 budget=$2
     shift 2
-    local dry=()
-    [ "$MODE" = dry ] && dry=(--collect-only)
-    step "$name" "$budget" "$PY" -m pytest -q -p no:cacheprovider "${dry[@]}" "$@"
+    local extra=()
+    if [ "$MODE" = dry ]; then
+        extra=(--collect-only)
+    elif [ "$MODE" = "" ] && "$PY" -c "import xdist" 2>/dev/null; then
+        extra=(-n 8)
+    fi
+    step "$name" "$budget" "$PY" -m pytest -q -p no:cacheprovider "${extra[@]}" "$@"
 }
 
 # bench_step SECONDS 'PATTERN|...' ARGS...: `gpt bench ARGS --match PATTERN...` into $CALL_OUT/bench (several
@@ -109,10 +123,35 @@ bench_step() {
     fi
 }
 
-verify_step() {  # one attention config per launch class, compiled once: correctness, not speed
-    local quick=()
-    [ "$MODE" = dry ] && quick=(--quick)
-    step verify "$1" env TRITONGPT_ATTENTION_AUTOTUNE=0 "$PY" -m tritongpt verify "${quick[@]}"
+# verify_step SECONDS: the full `gpt verify` grid and its variants into $CALL_OUT/verify (verify.csv, summary.md,
+# rewritten after every case), with one attention config per launch class compiled once (correctness, not
+# speed), 7 helper processes compiling ahead of it (--jobs 8 of the card's 16 cores), stopping itself SOFT_VERIFY
+# s before its hard budget with a summary of what it left. Dry: --quick in fp32 with one helper.
+verify_step() {
+    local args=(--jobs 8 --budget $(($1 - SOFT_VERIFY)) --out "$CALL_OUT/verify")
+    [ "$MODE" = dry ] && args=(--quick --dtypes fp32 --jobs 2 "${args[@]:2}")
+    step verify "$1" env TRITONGPT_ATTENTION_AUTOTUNE=0 "$PY" -m tritongpt verify "${args[@]}"
+}
+
+# fuzz_step SECONDS: `gpt verify --fuzz` in fp16 and bf16 (issue 24) for what the budget allows, one row per case
+# into $CALL_OUT/fuzz. Dry: fp32 and fp16 (the interpreter gets bf16 tl.dot wrong), one case per op.
+fuzz_step() {
+    local args=(--fuzz 200 --dtypes fp16,bf16)
+    [ "$MODE" = dry ] && args=(--fuzz 1 --dtypes fp32,fp16)
+    step fuzz "$1" env TRITONGPT_ATTENTION_AUTOTUNE=0 "$PY" -m tritongpt verify "${args[@]}" \
+        --budget $(($1 - SOFT_VERIFY)) --out "$CALL_OUT/fuzz"
+}
+
+# sanitizer_step SECONDS TOOL: compute-sanitizer --tool TOOL around `gpt verify --small` (one attention fwd+bwd,
+# one LayerNorm; their kernels already compiled by the `small` step). memcheck gets PyTorch's caching allocator
+# switched off: inside one of its blocks an out-of-bounds access is no error to memcheck. Dry: the command alone.
+sanitizer_step() {
+    local budget=$1 tool=$2 wrap=() env=(TRITONGPT_ATTENTION_AUTOTUNE=0)
+    local sanitizer=${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
+    [ "$MODE" = dry ] || wrap=("$sanitizer" --tool "$tool" --error-exitcode 1)
+    [ "$tool" = memcheck ] && env+=(PYTORCH_NO_CUDA_MEMORY_CACHING=1)
+    [ "$MODE" = dry ] && echo "dry run: no compute-sanitizer here, the command it wraps alone" | tee -a "$STEP_LOG"
+    step "$tool" "$budget" env "${env[@]}" "${wrap[@]}" "$PY" -m tritongpt verify --small
 }
 
 decode_step() {  # decode_step SECONDS BACKEND: KV-cache decode tokens/s into $CALL_OUT/decode
@@ -125,9 +164,10 @@ HEADLINE_ATTENTION=(--ops attention --providers triton sdpa-flash sdpa-cudnn)
 TRAIN_PAIR=(--ops train_step --providers native+compile triton+compile)
 
 call_check() {
-    pytest_step pytest-gpu 150 -m gpu tests
-    pytest_step pytest-model 60 tests/test_model_backends.py tests/test_generate.py
-    verify_step 110
+    verify_step 130
+    fuzz_step 40
+    pytest_step pytest-gpu 115 -m gpu tests
+    pytest_step pytest-model 45 -m "not gpu" tests/test_model_backends.py tests/test_generate.py
 }
 call_headline() {
     bench_step 120 '*xT1024xD64 bf16 *' "${HEADLINE_ATTENTION[@]}"
@@ -162,6 +202,11 @@ call_attention() { bench_step 440 '*xD64xP0.1 *|*xT256xD64 *|*xT512xD64 *|*xT204
 call_attention-d128() { bench_step 440 '*xD128 *' --ops attention; }
 call_norms() { bench_step 440 '' --ops layer_norm add_layer_norm; }
 call_mlp() { bench_step 440 '' --ops bias_gelu gelu; }
+call_sanitize() {
+    step small 60 env TRITONGPT_ATTENTION_AUTOTUNE=0 "$PY" -m tritongpt verify --small
+    sanitizer_step 120 racecheck
+    sanitizer_step 120 memcheck
+}
 
 setup() { step setup "$SETUP" bash scripts/gpu_session.sh env; }
 
@@ -239,6 +284,9 @@ run_calls() {  # run_calls CALL...: the calls of one device command (or of a dry
         "call_$call"
     done
     rm -f "$setup_log"
+    # A writer killed at its budget can leave its lock file or a temporary (gpt verify's, gpt bench's): nothing
+    # runs now, and each would take one of the 8 files that come back.
+    find "$OUT" -type f \( -name .gpt.lock -o -name '.*.tmp' \) -delete
     local files
     files=$(find "$OUT" -type f | wc -l)
     if [ "$MODE" != dry ] && [ "$files" -gt 8 ]; then

@@ -126,9 +126,7 @@ def test_environment_switch_warns_on_garbage_and_keeps_the_default(monkeypatch):
 def test_tensor_descriptor_loads_match_reference(shape, dtype, monkeypatch, poison_outputs):
     """The forward's K/V loads through tensor descriptors (the TMA variant), run by the interpreter: tails past Tk
     and columns past the head dim (D = 80 in a 128-wide block) must arrive as zeros."""
-    if ON_GPU:
-        pytest.skip("the interpreter's fixed config; on a GPU the autotuner may pick the variant")
-    monkeypatch.setattr(attn_mod, "_INTERPRETER_KV_TMA", True)
+    monkeypatch.setattr(attn_mod, "_KV_TMA_ONLY", True)  # on a GPU: the TMA configs alone, where sm_90+
     b, h, tq, tk, d, causal = shape
     check(*qkv(b, h, tq, tk, d, dtype), causal)
 
@@ -136,10 +134,29 @@ def test_tensor_descriptor_loads_match_reference(shape, dtype, monkeypatch, pois
 def test_tensor_descriptor_switch_falls_back_where_strides_are_unaligned(monkeypatch, poison_outputs):
     """Descriptors need 16-byte aligned strides (fp32 D = 17: 68 bytes). The interpreter's switch, like the GPU's
     prune, uses them only where `_tma_ok`; it used to assert in the interpreter (found by `gpt verify --fuzz`)."""
-    if ON_GPU:
-        pytest.skip("the interpreter's fixed config")
-    monkeypatch.setattr(attn_mod, "_INTERPRETER_KV_TMA", True)
+    monkeypatch.setattr(attn_mod, "_KV_TMA_ONLY", True)
     check(*qkv(1, 2, 9, 9, 17), causal=True)
+
+
+@pytest.mark.skipif(not attn_mod._HAS_TMA, reason="this Triton has no device-side tensor descriptors")
+@pytest.mark.parametrize("env, only, expected", [(False, False, {False}), (True, False, {False, True}),
+                                                  (False, True, {True}), (True, True, {True})])  # fmt: skip
+def test_prune_keeps_tma_configs_only_when_asked(env, only, expected, monkeypatch):
+    """The forward's list always holds the TMA configs; by default the prune drops every one of them (the GPU's
+    behaviour without TRITONGPT_ATTENTION_TMA=1 is the pointer loads alone), the env switch adds them to the
+    tuning, `_KV_TMA_ONLY` keeps nothing else. The backward never takes them, nor do unaligned K/V."""
+    monkeypatch.setattr(attn_mod, "_KV_TMA", env)
+    monkeypatch.setattr(attn_mod, "_KV_TMA_ONLY", only)
+    assert {c.kwargs["KV_TMA"] for c in attn_mod._FWD_CONFIGS} == {False, True}
+    meta = {"BLOCK_D": 64, "DROPOUT": False}
+    q, k, v = qkv(1, 2, 64, 64, 64, torch.float16, device="cpu")
+    kept = attn_mod._pruner("fwd")(attn_mod._FWD_CONFIGS, {"Q": q, "K": k, "V": v}, **meta)
+    assert kept and {c.kwargs["KV_TMA"] for c in kept} == expected
+    q, k, v = qkv(1, 2, 64, 64, 17, torch.float16, device="cpu")  # 34-byte rows: no descriptors
+    kept = attn_mod._pruner("fwd")(attn_mod._FWD_CONFIGS, {"Q": q, "K": k, "V": v}, **{**meta, "BLOCK_D": 32})
+    assert kept and {c.kwargs["KV_TMA"] for c in kept} == {False}
+    kept = attn_mod._pruner("dkdv")(attn_mod._DKDV_CONFIGS, {"Q": q, "K": k, "V": v}, **meta)
+    assert kept and all("KV_TMA" not in c.kwargs for c in kept)
 
 
 # Tk - Tq: the split points of the causal loops depend on it modulo the block sizes; these residues hit every

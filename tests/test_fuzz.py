@@ -55,6 +55,17 @@ def test_same_seed_same_cases_every_case_replays(op):
                 torch.testing.assert_close(value, again.kwargs[name], rtol=0, atol=0, equal_nan=True)
 
 
+def test_dtypes_restrict_what_is_drawn_not_what_a_case_reads():
+    """--dtypes fp16: every drawn dtype is fp16 (add_layer_norm's residual: "same" or fp16), and each case's JSON
+    replays to the same case without the restriction."""
+    for i in range(30):
+        call = fuzz.build("add_layer_norm", DEVICE, rng=random.Random(f"3:add_layer_norm:{i}"), dtypes=["fp16"])
+        case = call.draw.case
+        assert case["dtype"] == "fp16" and case.get("residual_dtype", "same") in ("same", "fp16"), case
+        again = fuzz.build("add_layer_norm", DEVICE, given=json.loads(json.dumps(fuzz.compact(call.draw))), strict=True)
+        assert again.draw.case == case
+
+
 def test_sizes_are_skewed_to_block_edges():
     widths = [case.get("C", 1) for case in _cases("bias_gelu", 0, 200)]
     near_edges = sum(any(abs(w - e) <= 1 for e in (1024, 2048, 3072)) for w in widths)
@@ -63,8 +74,8 @@ def test_sizes_are_skewed_to_block_edges():
 
 def test_a_planted_bug_is_found_shrunk_and_fails_alone(monkeypatch, tmp_path, capsys):
     """bias_gelu wrong past its first 1024-column tile (what a broken column mask does): the fuzzer finds it,
-    shrinks it to the first width that fails, prints one command, and that command fails alone. Nothing is
-    written to the working folder."""
+    shrinks it to the first width that fails, prints one command, and that command fails alone. Nothing but --out's
+    folder is written to the working folder; its row of the case holds the shrunk case."""
 
     def broken(x, bias):
         y = reference.bias_gelu(x, bias)
@@ -72,15 +83,17 @@ def test_a_planted_bug_is_found_shrunk_and_fails_alone(monkeypatch, tmp_path, ca
 
     monkeypatch.setattr(triton_ops, "bias_gelu", broken)
     monkeypatch.chdir(tmp_path)
-    assert verify.main(["--fuzz", "30", "--ops", "bias_gelu"]) == 1
+    assert verify.main(["--fuzz", "30", "--ops", "bias_gelu", "--out", "found"]) == 1
     out = capsys.readouterr().out
     commands = re.findall(r"gpt verify --case '(.*)'", out)
     assert commands and "FAIL bias_gelu case" in out and "fails alone" in out
     case = json.loads(commands[0])
     assert case["C"] == 1025 and case.get("rows", 0) <= 1 and "dtype" not in case
+    failed = [line for line in (tmp_path / "found" / "verify.csv").read_text().splitlines() if ",FAIL," in line]
+    assert len(failed) == out.count("FAIL bias_gelu case") and f"shrunk: {commands[0]}".replace('"', '""') in failed[0]
     assert verify.main(["--case", commands[0]]) == 1
     assert "FAIL" in capsys.readouterr().out
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["found"]  # nothing but what --out asked for
 
 
 def test_a_wrong_refusal_is_a_failure(monkeypatch):
@@ -97,11 +110,13 @@ def test_dropout_is_checked_against_the_kernels_own_mask(monkeypatch):
     case = {"op": "attention", "D": 16, "Tq": 9, "Tk": 9, "dropout_p": 0.5}
     call = fuzz.build("attention", DEVICE, given=case, strict=True)
     names = [c.name for c in fuzz.run_case(call)]
-    assert fuzz.failure_kind(fuzz.run_case(call)) == "" and names[-2:] == ["same seed", "kept"]
+    assert fuzz.failure_kind(fuzz.run_case(call)) == "" and names[-3:] == ["same seed", "kept", "other seed"]
     attention_module = fuzz._space("attention")
     real = attention_module.dropout_keep_mask
     monkeypatch.setattr(attention_module, "dropout_keep_mask", lambda seed, *a: real(seed + 1, *a))
     assert fuzz.failure_kind(fuzz.run_case(call)) == "rule"  # another mask than the kernel's
+    monkeypatch.setattr(attention_module, "dropout_keep_mask", lambda seed, *a: real(seed // 2 * 2, *a))
+    assert fuzz.failure_kind(fuzz.run_case(call)) == "other seed"  # seeds 0 and 1 draw one mask
 
 
 def test_rows_without_keys_must_be_zero(monkeypatch):
@@ -128,7 +143,7 @@ def test_budget_stops_drawing(capsys):
     "argv,message",
     [
         (["--fuzz", "0"], "--fuzz takes a number of cases per op >= 1"),
-        (["--budget", "5"], "--budget takes a positive number of seconds, with --fuzz"),
+        (["--budget", "0"], "--budget takes a positive number of seconds"),
         (["--fuzz", "5", "--budget", "-1"], "--budget takes a positive number"),
         (["--fuzz", "5", "--case", "{}"], "--fuzz and --case exclude each other"),
         (["--fuzz", "5", "--backend", "native"], "check the triton backend"),

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tritongpt import kernels
+
 ROOT = Path(__file__).resolve().parents[1]
-CALLS = "check headline kernels train-step train attention attention-d128 norms mlp".split()
+CALLS = "check headline kernels train-step train attention attention-d128 norms mlp sanitize".split()
 FIRST_LEASE = {"check": 360, "headline": 360}  # both in one 15-minute lease, the machine's start included
 
 
@@ -43,6 +45,14 @@ def test_every_call_is_planned_within_its_limit_and_selects_cases():
     assert all(_bench_cases(line) > 0 for lines in benches.values() for line in lines)
     # triton, sdpa-flash, sdpa-cudnn x fwd, bwd, fwd+bwd at B16xH12xT1024xD64; native+compile, triton+compile
     assert [_bench_cases(line) for line in benches["headline"]] == [9, 2]
+    check = r.stdout.split("call check:")[1].split("call ")[0]
+    steps = [x.split()[0] for x in check.splitlines() if x.strip() and not x.strip().startswith("total")]
+    assert steps == ["setup", "verify", "fuzz", "pytest-gpu", "pytest-model"]
+    assert "--out \\$OUT/check/verify" in check and "--out \\$OUT/check/fuzz" in check
+    assert "--fuzz 200 --dtypes fp16\\,bf16" in check and check.count("TRITONGPT_ATTENTION_AUTOTUNE=0") == 2
+    sanitize = r.stdout.split("call sanitize:")[1]
+    assert "--tool racecheck --error-exitcode 1" in sanitize and "PYTORCH_NO_CUDA_MEMORY_CACHING=1" in sanitize
+    assert sanitize.count("verify --small") == 3
 
 
 def test_a_command_over_its_limit_is_refused_before_anything_runs(tmp_path):
@@ -61,9 +71,19 @@ def test_dry_run_of_the_first_lease_and_the_training_call(tmp_path):
     r = _script("dry-run", "check", "headline", "train", env={"OUT": str(out)}, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     steps = [line for line in r.stdout.splitlines() if line.startswith("== ") and "(budget" not in line]
-    assert len(steps) == 9 and all(line.endswith(" s") and ": ok after " in line for line in steps), steps
+    assert len(steps) == 10 and all(line.endswith(" s") and ": ok after " in line for line in steps), steps
 
     assert "checks, 0 failed: all passed" in (out / "check" / "log.txt").read_text()
+    files = sorted(str(p.relative_to(out / "check")) for p in (out / "check").rglob("*") if p.is_file())
+    assert files == ["fuzz/summary.md", "fuzz/verify.csv", "log.txt", "verify/summary.md", "verify/verify.csv"]
+    with open(out / "check" / "verify" / "verify.csv", newline="") as f:
+        checks = list(csv.DictReader(f))
+    assert {r["variant"] for r in checks} == {"default", "atomic-dq", "tma", "dropout", "determinism"}
+    assert {r["op"] for r in checks} == set(kernels.OPS) and all(r["pass"] == "PASS" for r in checks)
+    assert "- status: all passed" in (out / "check" / "verify" / "summary.md").read_text()
+    with open(out / "check" / "fuzz" / "verify.csv", newline="") as f:
+        cases = list(csv.DictReader(f))
+    assert {r["op"] for r in cases} == set(kernels.OPS) and "bf16" not in {r["dtype"] for r in cases}
     with open(out / "headline" / "bench" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     measured = {(r["op"], r["provider"]) for r in rows if r["metric"] == "ms"}
@@ -88,4 +108,4 @@ def test_a_failing_step_fails_the_command_and_says_so(tmp_path):
     r = _script("dry-run", "check", env={"OUT": str(out), "PYTHON": str(tmp_path / "no-python")})
     assert r.returncode == 1 and "with FAILED or KILLED steps" in r.stdout
     log = (out / "check" / "log.txt").read_text()
-    assert log.count("FAILED (exit 127)") == 3 and "== verify (budget" in log
+    assert log.count("FAILED (exit 127)") == 4 and "== verify (budget" in log and "== fuzz (budget" in log

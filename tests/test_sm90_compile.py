@@ -389,7 +389,7 @@ def compile_all(
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns when unset; 1 is the default it keeps
-    env["TRITONGPT_ATTENTION_TMA"] = "1"  # list the forward's TMA configs (compiled by the TMA scenarios only)
+    env["TRITONGPT_ATTENTION_TMA"] = "1"  # the prune keeps the forward's TMA configs (TMA scenarios compile them)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if cold:

@@ -56,13 +56,13 @@ from typing import Any
 import torch
 
 from tritongpt import verify
-from tritongpt.verify import Comparison
+from tritongpt.verify import Comparison, first_line
 
 SHRINK_RUNS = 80  # at most this many runs to shrink one failure ...
 SHRINK_SECONDS = 120.0  # ... and this long
 MAX_FAILURES = 3  # per op and run: then the op stops (the same bug would be found and shrunk again)
 INVALID_SHARE = 0.15  # of the drawn cases: calls the op must refuse
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = verify.DTYPES  # "fp32", "fp16", "bf16"
 # Memory layouts of a drawn tensor (see Draw.tensor), contiguous the most often.
 LAYOUTS = ("contiguous", "strided", "padded", "offset", "expanded", "transposed")
 LAYOUT_WEIGHTS = (4, 1, 1, 1, 1, 1)
@@ -93,8 +93,10 @@ class Draw:
         rng: random.Random | None = None,
         given: dict[str, Any] | None = None,
         strict: bool = False,
+        dtypes: Sequence[str] | None = None,
     ) -> None:
         self.op, self.device, self.rng, self.strict = op, device, rng, strict
+        self.allowed_dtypes = None if dtypes is None else tuple(dtypes)  # what `dtype` draws (not replays)
         self.given = dict(given or {})
         self.case: dict[str, Any] = {"op": op}
         self.specs: dict[str, tuple[Any, ...]] = {}  # name -> ("int", lo, hi, edges) or ("choice", options)
@@ -148,10 +150,16 @@ class Draw:
 
     def dtype(self, name: str = "dtype", same: torch.dtype | None = None) -> torch.dtype:
         """fp32 or fp16; bf16 too on a GPU (Triton's interpreter gets `tl.dot` on bf16 wrong). With `same`, also
-        "same" (the simplest): that dtype."""
+        "same" (the simplest): that dtype. Drawing with `allowed_dtypes` (`--dtypes`) gives only those: the
+        options stay the same (a case's JSON reads the same under any restriction), the others get weight 0."""
         if self.strict and not self.gpu and self.given.get(name) == "bf16":
             raise CaseError(f"{name} bf16 is drawn only on a GPU (Triton's interpreter gets bf16 tl.dot wrong)")
-        value = self.choice(name, (["same"] if same is not None else []) + self.dtypes())
+        options = (["same"] if same is not None else []) + self.dtypes()
+        weights = None
+        if self.allowed_dtypes is not None:
+            same_name = verify.DTYPE_NAMES.get(same, "")
+            weights = [float((same_name if o == "same" else o) in self.allowed_dtypes) for o in options]
+        value = self.choice(name, options, weights)
         return same if value == "same" else DTYPES[value]
 
     def dtypes(self) -> list[str]:
@@ -292,10 +300,10 @@ class Call:
 
 
 def build(op: str, device: torch.device, rng: random.Random | None = None, given: dict | None = None,
-          strict: bool = False) -> Call:  # fmt: skip
+          strict: bool = False, dtypes: Sequence[str] | None = None) -> Call:  # fmt: skip
     """Draw (rng) or replay (given) one case of op: a valid call, or with probability INVALID_SHARE one the op
-    must refuse."""
-    draw = Draw(op, device, rng, given, strict)
+    must refuse. `dtypes`: the dtype names a draw may give (all of the device's when None)."""
+    draw = Draw(op, device, rng, given, strict, dtypes)
     space = _space(op)
     if draw.choice("invalid", [False, True], [1 - INVALID_SHARE, INVALID_SHARE]):
         kwargs, expected = space.fuzz_invalid(op, draw)
@@ -321,7 +329,8 @@ def _passed(name: str) -> Comparison:
 
 
 @contextlib.contextmanager
-def _settings(settings: list[tuple[Any, str, Any]]) -> Iterator[None]:
+def settings_applied(settings: Sequence[tuple[Any, str, Any]]) -> Iterator[None]:
+    """Outputs poisoned and each (module or dict, name, value) set while the block runs; all put back after."""
     from tritongpt.kernels import _common
 
     saved = []
@@ -349,7 +358,7 @@ def run_case(call: Call) -> list[Comparison]:
     op, draw = call.draw.op, call.draw
     kernel = getattr(kernels.implementation("triton"), op)
     reference = getattr(kernels.implementation("reference"), op)
-    with _settings(draw.settings), warnings.catch_warnings():
+    with settings_applied(draw.settings), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # numpy's overflow and NaN warnings in the interpreter
         torch.manual_seed(draw.case.get("seed", 0))
         try:
@@ -357,12 +366,7 @@ def run_case(call: Call) -> list[Comparison]:
                 return [_check_refused(kernel, call.kwargs, call.expected_error)]
             return _check_valid(op, draw, call.kwargs, kernel, reference)
         except Exception as e:  # a crash fails this case; its row says how
-            return [_fail("run", f"{type(e).__name__}: {_first_line(e)}")]
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
+            return [_fail("run", f"{type(e).__name__}: {first_line(e)}")]
 
 
 def _check_refused(kernel: Callable[..., Any], kwargs: dict[str, Any], expected: str) -> Comparison:
@@ -371,13 +375,13 @@ def _check_refused(kernel: Callable[..., Any], kwargs: dict[str, Any], expected:
     except (TypeError, ValueError) as e:
         message = str(e)
         if "\n" in message.strip():
-            return _fail("error", f"{type(e).__name__} over several lines: {_first_line(e)}")
+            return _fail("error", f"{type(e).__name__} over several lines: {first_line(e)}")
         if expected not in message:
             return _fail("error", f"{type(e).__name__} does not name {expected!r}: {message}")
         return _passed("error")
     except Exception as e:
         return _fail("error", f"{type(e).__name__} instead of a TypeError or ValueError naming {expected!r}: "
-                              f"{_first_line(e)}")  # fmt: skip
+                              f"{first_line(e)}")  # fmt: skip
     return _fail("error", f"returned a result instead of refusing the call ({expected})")
 
 
@@ -402,7 +406,7 @@ def _check_valid(op, draw, kwargs, kernel, reference) -> list[Comparison]:
 
     seed = draw.case.get("seed", 0)
     if op == "attention":
-        return _check_attention(kernel, viewed, inputs, kwargs, grad_names, seed)
+        return check_attention(kernel, viewed, inputs, kwargs, grad_names, seed)
     return verify.check_op(viewed(kernel), viewed(reference), inputs, grad_names, seed=seed, finite_grads_ok=specials)
 
 
@@ -410,9 +414,13 @@ def _width(value: Any) -> int:
     return value.element_size() if isinstance(value, torch.Tensor) and value.is_floating_point() else 0
 
 
-def _check_attention(kernel, viewed, inputs, kwargs, grad_names, seed) -> list[Comparison]:
+def check_attention(kernel, viewed, inputs, kwargs, grad_names, seed) -> list[Comparison]:
     """The rule (against the reference with the kernel's own dropout mask), then rows without keys and the
-    dropout checks."""
+    dropout checks: "p=0" (bit-identical to no dropout), "same seed" (the same output again), "kept" (the
+    mask's kept fraction within a binomial tail bound of 1 - p: Hoeffding's, a false alarm < 1e-9 at any size;
+    ~6.5 sigma at p = 0.5, ~11 sigma at p = 0.1), "other seed" (torch seed + 1 draws another mask; only where
+    two independent masks would agree with probability < 1e-9). `viewed(fn)` wraps a function to take the
+    inputs' bases (the fuzzer's layouts); `gpt verify`'s dropout variant passes the identity."""
     from tritongpt.kernels import attention as attention_module
 
     q, k = kwargs["q"], kwargs["k"]
@@ -451,7 +459,13 @@ def _check_attention(kernel, viewed, inputs, kwargs, grad_names, seed) -> list[C
             kept = keep.float().mean().item()
             bound = math.sqrt(math.log(2 / 1e-9) / (2 * n))  # Hoeffding: P(|kept - (1 - p)| > bound) < 1e-9
             note = f"kept {kept:.4f} of {n}, expected {1 - p:.4f} +- {bound:.4f}"
-            result.append(_passed("kept") if abs(kept - (1 - p)) <= bound else _fail("kept", note))
+            off = abs(kept - (1 - p))
+            result.append(Comparison("kept", off, math.nan, bound, off <= bound, "" if off <= bound else note))
+        if n * math.log(p * p + (1 - p) * (1 - p)) < math.log(1e-9):  # else equal masks are no evidence
+            full = attention_module.dropout_keep_mask(seed, b, h, tq, tk, p, q.device)
+            other = attention_module.dropout_keep_mask(seed + 1, b, h, tq, tk, p, q.device)
+            same = torch.equal(full, other)
+            result.append(_fail("other seed", "another seed drew the same mask") if same else _passed("other seed"))
     return result
 
 
@@ -463,7 +477,7 @@ def failure_kind(comparisons: Sequence[Comparison]) -> str:
     c = failed[0]
     if c.name == "run":
         return "crash " + c.note.split(":")[0]
-    if c.name in ("error", "no keys", "p=0", "same seed", "kept"):
+    if c.name in ("error", "no keys", "p=0", "same seed", "kept", "other seed"):
         return c.name
     return "rule"
 
@@ -499,7 +513,8 @@ def shrink(call: Call, kind: str, runs: int = SHRINK_RUNS, seconds: float = SHRI
                 if n >= runs or time.perf_counter() >= deadline:
                     break
                 try:
-                    candidate = build(op, device, given={**best.draw.case, name: value})
+                    candidate = build(op, device, given={**best.draw.case, name: value},
+                                      dtypes=best.draw.allowed_dtypes)  # fmt: skip
                 except CaseError:
                     continue
                 if cost(candidate.draw) >= cost(best.draw):
@@ -519,7 +534,7 @@ def repro(case: dict[str, Any]) -> str:
     return "gpt verify --case " + shlex.quote(json.dumps(case, separators=(",", ":")))
 
 
-def _why(comparisons: Sequence[Comparison]) -> str:
+def why_failed(comparisons: Sequence[Comparison]) -> str:
     failed = [c for c in comparisons if not c.ok]
     return "; ".join(
         f"{c.name}: {c.note}" if c.note else f"{c.name}: err {c.err:.2e} > bound {c.bound:.2e}" for c in failed[:3]
@@ -530,12 +545,20 @@ def _print(line: str) -> None:
     print(line, flush=True)  # a long campaign's progress shows in a log file as it goes
 
 
+# record(op, i, call, comparisons, seconds, shrunk): each case as it is judged (shrunk None), and a failed one again
+# once shrunk (shrunk: the compact case that fails alone, or None where the shrunk case passes alone).
+Record = Callable[[str, int, Call, list[Comparison], float, dict[str, Any] | None], None]
+
+
 def fuzz(ops: Sequence[str], n: int, seed: int, budget: float | None, device: torch.device,
-         out: Callable[[str], None] = _print) -> int:  # fmt: skip
+         out: Callable[[str], None] = _print, dtypes: Sequence[str] | None = None,
+         record: Record | None = None) -> int:  # fmt: skip
     """Up to `n` cases per op (within `budget` seconds in all); prints each failure, shrunk, as a command.
-    Returns the number of failed cases."""
+    `dtypes`: the dtype names drawn (all of the device's when None); `record`: told of every case (`gpt verify
+    --out` writes them down). Returns the number of failed cases."""
     where = "CPU (Triton interpreter)" if device.type == "cpu" else torch.cuda.get_device_name(device)
     out(f"gpt verify --fuzz: triton vs reference, {where}, torch {torch.__version__}, seed {seed}, {n} cases per op"
+        + (f", dtypes {','.join(dtypes)}" if dtypes is not None else "")
         + (f", budget {budget:g} s" if budget is not None else ""))  # fmt: skip
     t0 = time.perf_counter()
     end = t0 + budget if budget is not None else math.inf
@@ -548,15 +571,18 @@ def fuzz(ops: Sequence[str], n: int, seed: int, budget: float | None, device: to
         for i in range(n):
             if time.perf_counter() >= op_end:
                 break
-            call = build(op, device, rng=random.Random(f"{seed}:{op}:{i}"))
+            case_t0 = time.perf_counter()
+            call = build(op, device, rng=random.Random(f"{seed}:{op}:{i}"), dtypes=dtypes)
             comparisons = run_case(call)
+            if record is not None:
+                record(op, i, call, comparisons, time.perf_counter() - case_t0, None)
             cases += 1
             invalid += call.expected_error is not None
             kind = failure_kind(comparisons)
             if not kind:
                 continue
             failed += 1
-            out(f"FAIL {op} case {i}: {_why(comparisons)}")
+            out(f"FAIL {op} case {i}: {why_failed(comparisons)}")
             out(f"  drawn: {json.dumps(compact(call.draw), separators=(',', ':'))}")
             small, runs = shrink(call, kind)
             case = compact(small.draw)
@@ -564,6 +590,8 @@ def fuzz(ops: Sequence[str], n: int, seed: int, budget: float | None, device: to
             duplicate = f", as failure {seen.index(case) + 1} above" if case in seen else ""
             out(f"  shrunk in {runs} runs to a case that {'fails' if again else 'PASSES'} alone{duplicate}:")
             out(f"  {repro(case)}")
+            if record is not None:
+                record(op, i, call, comparisons, time.perf_counter() - case_t0, case if again else None)
             seen.append(case)
             if len(seen) >= MAX_FAILURES:
                 out(f"  {op}: {MAX_FAILURES} failures, on to the next op")
@@ -612,13 +640,11 @@ def parse_case(text: str) -> dict[str, Any]:
 
 
 def argument_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with verify's --fuzz / --case / --budget arguments, or None."""
+    """What is wrong with verify's --fuzz / --case arguments, or None (verify checks --budget)."""
     if args.fuzz is not None and args.case is not None:
         return "--fuzz and --case exclude each other"
     if args.fuzz is not None and args.fuzz < 1:
         return f"--fuzz takes a number of cases per op >= 1, got {args.fuzz}"
-    if args.budget is not None and (args.fuzz is None or not math.isfinite(args.budget) or args.budget <= 0):
-        return "--budget takes a positive number of seconds, with --fuzz"
     if args.backend != "triton":
         return "--fuzz and --case check the triton backend"
     if args.case is not None:

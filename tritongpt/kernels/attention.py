@@ -35,12 +35,16 @@ Launch configuration: on a GPU the three main kernels are autotuned, keyed by a 
 sequence length, the head dim, causal, dropout (and the backward mode). A `prune_configs_by` hook narrows the
 list, before any benchmarking, to the launch's class in `_REGISTER_SAFE` (head dim up to 64 or 128, dropout or
 not: the configs whose sm_90 compile spills no registers) and drops configs over the device's shared memory.
-With TRITONGPT_ATTENTION_TMA=1 the forward's list also holds variants that load K and V through tensor
-descriptors (TMA, sm_90+); the pointer loads stay the default and the fallback. Inside a CUDA-graph capture
-the autotuner is bypassed: the config it picked for that key earlier, else the first config the prune keeps,
-so no benchmarking happens during capture. TRITONGPT_ATTENTION_AUTOTUNE=0 makes every launch take that path:
-one config compiled per kernel and launch class instead of all of them (a correctness run on a cold GPU checks
-what it compiles, in a fraction of the time). Under the interpreter one fixed 64 x 64 block is used.
+The forward's list also holds variants that load K and V through tensor descriptors (TMA, sm_90+, Triton 3.4+);
+the prune drops them unless TRITONGPT_ATTENTION_TMA=1 (read at import: they join the tuning), and the pointer
+loads stay the default and the fallback. Inside a CUDA-graph capture the autotuner is bypassed: the config it
+picked for that key earlier, else the first config the prune keeps, so no benchmarking happens during capture.
+TRITONGPT_ATTENTION_AUTOTUNE=0 makes every launch take that path: one config compiled per kernel and launch
+class instead of all of them (a correctness run on a cold GPU checks what it compiles, in a fraction of the
+time). `_KV_TMA_ONLY = True` (a module switch for `gpt verify`'s tma variant and the tests) forces the TMA
+loads wherever `_tma_ok`: the prune keeps only the TMA configs there, each launch takes the first it keeps
+without benchmarking, and the interpreter's config takes them too. Under the interpreter one fixed 64 x 64
+block is used.
 
 Registration: `attention_fwd` and `attention_bwd` are registered with `tritongpt.kernels._common.library_op`
 (`torch.library.triton_op`s launching through `wrap_triton` on a GPU, so Inductor sees the kernels; opaque
@@ -600,13 +604,14 @@ _INTERPRET = interpreter_enabled()
 # Interpreter: one fixed config. Its cost is per block operation, not per element: 64 x 64 ran fwd+bwd at
 # (2, 2, 130, 64) 2x faster than 32 x 32 and 3.5x faster than 16 x 16 on CPU (Triton 3.9).
 _INTERPRETER_BLOCKS = {"BLOCK_M": 64, "BLOCK_N": 64}
-# The forward's K/V loads through tensor descriptors (tests switch it on): as on a GPU, only where `_tma_ok`.
-_INTERPRETER_KV_TMA = False
+# True: the forward loads K/V through tensor descriptors wherever `_tma_ok` (`gpt verify`'s tma variant, tests):
+# on a GPU the prune keeps only the TMA configs and launches skip autotuning; the interpreter's config takes them.
+_KV_TMA_ONLY = False
 _PREPROCESS_BLOCK_M = 16 if _INTERPRET else 128
 
 # Tensor-descriptor (TMA) loads need Triton's device-side descriptors (3.4+) and a scratch allocator.
 _HAS_TMA = hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
-_KV_TMA = _env_flag("TRITONGPT_ATTENTION_TMA", False) and _HAS_TMA
+_KV_TMA = _env_flag("TRITONGPT_ATTENTION_TMA", False) and _HAS_TMA  # TMA configs join the autotuning
 
 
 # Config lists for Hopper, per kernel and per launch class (head dim up to 64 or up to 128, dropout or not; the
@@ -667,7 +672,7 @@ def _atomic_dq_fits(block_d: int, dropout: bool) -> bool:
     return bool(_REGISTER_SAFE["dkdv_atomic"][_register_class(block_d, dropout)])
 
 
-_FWD_CONFIGS = _configs("fwd", KV_TMA=False) + (_configs("fwd", KV_TMA=True) if _KV_TMA else [])
+_FWD_CONFIGS = _configs("fwd", KV_TMA=False) + (_configs("fwd", KV_TMA=True) if _HAS_TMA else [])
 _DKDV_CONFIGS = _configs("dkdv")
 _DKDV_ATOMIC_CONFIGS = _configs("dkdv_atomic")
 _DQ_CONFIGS = _configs("dq")
@@ -706,10 +711,18 @@ def _tma_ok(named_args: dict) -> bool:
     return True
 
 
+def _kv_tma_allowed(kind: str, named_args: dict) -> set[bool]:
+    """The KV_TMA values a launch may take: pointer loads only, unless TRITONGPT_ATTENTION_TMA=1 adds the TMA
+    configs or `_KV_TMA_ONLY` forces them; TMA only in the forward and where `_tma_ok`."""
+    if kind != "fwd" or not _HAS_TMA or not (_KV_TMA or _KV_TMA_ONLY) or not _tma_ok(named_args):
+        return {False}
+    return {True} if _KV_TMA_ONLY else {False, True}
+
+
 def _pruner(kind: str):
     """`prune_configs_by={"early_config_prune": ...}` for one kernel: keeps the configs of the launch's
-    `_REGISTER_SAFE` class whose shared memory fits the device, and TMA configs only where descriptors can be
-    used. Runs before benchmarking (and, under torch.compile, on FakeTensors: only dtypes, devices and strides
+    `_REGISTER_SAFE` class whose shared memory fits the device, with the KV_TMA values `_kv_tma_allowed`.
+    Runs before benchmarking (and, under torch.compile, on FakeTensors: only dtypes, devices and strides
     are read)."""
 
     def prune(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
@@ -717,17 +730,18 @@ def _pruner(kind: str):
         elem, block_d = q.element_size(), meta["BLOCK_D"]
         safe = set(_REGISTER_SAFE[kind][_register_class(block_d, meta["DROPOUT"])])
         budget = _smem_budget(q.device)
+        tma = _kv_tma_allowed(kind, named_args)
+        allowed = [c for c in configs if c.kwargs.get("KV_TMA", False) in tma]
         kept = [
             c
-            for c in configs
+            for c in allowed
             if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in safe
             and _smem_bytes(kind, c, block_d, elem) <= budget
-            and (not c.kwargs.get("KV_TMA") or _tma_ok(named_args))
         ]
         if kept:
             return kept
         # Nothing fits (fp32 at head dim 128 on a GPU with less shared memory): the smallest config.
-        return [min(configs, key=lambda c: (_smem_bytes(kind, c, block_d, elem), -c.num_warps))]
+        return [min(allowed, key=lambda c: (_smem_bytes(kind, c, block_d, elem), -c.num_warps))]
 
     return prune
 
@@ -755,13 +769,14 @@ _CHOSEN: dict[tuple, triton.Config] = {}
 
 def _launch(kernel, grid, args: tuple, meta: dict, dtype: torch.dtype, interpreter_meta: dict | None = None) -> None:
     """Launch an (autotuned) attention kernel; never benchmark configs inside a CUDA-graph capture, nor at all
-    with autotuning switched off."""
+    with autotuning switched off. `_KV_TMA_ONLY` launches what the prune keeps now, never a config tuned
+    before under other switches."""
     if _INTERPRET:
         launcher(kernel)[grid](*args, **meta, **_INTERPRETER_BLOCKS, **(interpreter_meta or {}))
         return
     key = (kernel.fn.__name__, *(meta[k] for k in kernel.keys), str(dtype))
-    if not _AUTOTUNE or torch.cuda.is_current_stream_capturing():
-        config = _CHOSEN.get(key)
+    if not _AUTOTUNE or _KV_TMA_ONLY or torch.cuda.is_current_stream_capturing():
+        config = None if _KV_TMA_ONLY else _CHOSEN.get(key)
         if config is None:  # never tuned for this key: the first config that fits, as pruning would leave it
             named_args = dict(zip(kernel.arg_names, args, strict=False))
             config = kernel.early_config_prune(kernel.configs, named_args, **meta)[0]
@@ -856,10 +871,10 @@ def attention_fwd(
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         heads, tq, tk, scale * LOG2E.value, dropout_p, 1.0 / (1.0 - dropout_p),
     )  # fmt: skip
-    if _KV_TMA and not _INTERPRET:
+    if (_KV_TMA or _KV_TMA_ONLY) and not _INTERPRET:
         triton.set_allocator(_tma_allocator)  # per launch: the allocator is per thread (a ContextVar)
     grid = lambda meta: (batch * heads, triton.cdiv(tq, meta["BLOCK_M"]))
-    _launch(_attn_fwd, grid, args, meta, q.dtype, {"KV_TMA": _INTERPRETER_KV_TMA and _tma_ok({"K": k, "V": v})})
+    _launch(_attn_fwd, grid, args, meta, q.dtype, {"KV_TMA": _KV_TMA_ONLY and _tma_ok({"K": k, "V": v})})
     return out, lse
 
 
@@ -1008,7 +1023,7 @@ def fuzz_case(op: str, draw) -> dict:
         block_m, block_n = draw.choice("blocks", _FUZZ_BLOCKS)
         draw.setting(_INTERPRETER_BLOCKS, "BLOCK_M", block_m)
         draw.setting(_INTERPRETER_BLOCKS, "BLOCK_N", block_n)
-        draw.setting(module, "_INTERPRETER_KV_TMA", draw.choice("kv_tma", [False, True]))
+        draw.setting(module, "_KV_TMA_ONLY", draw.choice("kv_tma", [False, True]))
         edges, max_t = (block_m, block_n, 2 * block_m, 2 * block_n, 64, 128), 160
     draw.setting(module, "_DETERMINISTIC", not draw.choice("atomic_dq", [False, True]))
     dtype = draw.dtype()
