@@ -38,9 +38,13 @@
 #   sanitize    480 s  gpt verify --small (one attention fwd+bwd, one LayerNorm) alone, then under  never
 #                      compute-sanitizer racecheck and memcheck (on Firecracker machines: on gVisor
 #                      it refuses the device, /work/.library/device/KINDS.md)
+#   profile     480 s  where a GPT-2 124M step's time goes (B16xT1024 bf16): torch.profiler per-op    never
+#                      tables of native+compile and triton+compile -> profile-native/, profile-triton/
+#   ncu         480 s  Nsight Compute on one LayerNorm forward (16384x768) and one attention forward  never
+#                      (16,12,1024,64) bf16: DRAM throughput, occupancy, stall reasons -> ncu-*/ncu.md
 #
 # Leases, the most telling first: 1 = check, headline; 2 = kernels; 3 = sanitize; 4 = train-step; 5 = train;
-# then attention, attention-d128, norms, mlp. Each call writes $OUT/<call>/log.txt and its results in a folder per
+# then profile and ncu where a goal was missed (the notes say why from them), attention, attention-d128, norms, mlp. Each call writes $OUT/<call>/log.txt and its results in a folder per
 # step ($OUT/<call>/bench/: results.csv, summary.md, notes.txt, command.txt; decode/decode.csv; train/:
 # metrics.jsonl, loss.png; check/verify/ and check/fuzz/: verify.csv, summary.md; 5 files for check), no
 # plots (the merge draws them). After a call, write its wall time above. Racecheck's "Potential WAW hazard" in a
@@ -53,7 +57,7 @@ LIMIT=480       # any other call: 10 min hard limit, minus 2 min to spare
 SETUP=30        # the setup step of every command: wheels, versions, nvidia-smi
 SOFT_MARGIN=60  # a benchmark's --time-budget is its step budget minus this: room for one slow case and the report
 SOFT_VERIFY=15  # gpt verify's --budget is its step budget minus this: room for the case in hand and the summary
-CALLS="check headline kernels train-step train attention attention-d128 norms mlp sanitize"
+CALLS="check headline kernels train-step train attention attention-d128 norms mlp sanitize profile ncu"
 DATA=.gpu/data/shakespeare-gpt2
 MODE=""        # "show": steps print instead of running (`plan`); "count": they only add up their budgets;
                # "dry": they run on this CPU, in the small (`dry-run`)
@@ -202,6 +206,40 @@ call_attention() { bench_step 440 '*xD64xP0.1 *|*xT256xD64 *|*xT512xD64 *|*xT204
 call_attention-d128() { bench_step 440 '*xD128 *' --ops attention; }
 call_norms() { bench_step 440 '' --ops layer_norm add_layer_norm; }
 call_mlp() { bench_step 440 '' --ops bias_gelu gelu; }
+# profile_step SECONDS BACKEND: torch.profiler's per-op table of 5 GPT-2 124M training steps (B16xT1024, bf16
+# autocast, fused AdamW, compiled before the profile) into $CALL_OUT/profile-<backend> (ops.md, ops.csv).
+# Dry: the small model, one step (triton in the interpreter).
+profile_step() {
+    local args=(--config gpt2-124m --batch-size 16 --seq-len 1024 --steps 5)
+    if [ "$MODE" = dry ]; then
+        args=(--small --steps 1 --batch-size 1 --seq-len 8)
+        [ "${2%%+*}" = triton ] && args+=(--interpret)
+    fi
+    step "profile-${2%%+*}" "$1" "$PY" -m tritongpt.bench.profile step --backend "$2" "${args[@]}" \
+        --out "$CALL_OUT/profile-${2%%+*}"
+}
+
+# ncu_step SECONDS OP SHAPE: Nsight Compute on one bf16 forward of OP at SHAPE (after warm-up, autotuning
+# outside the profiled region) into $CALL_OUT/ncu-OP (ncu.csv, ncu.md). Dry: the ncu command printed, then the
+# one call it would profile, in the interpreter.
+ncu_step() {
+    local args=(--op "$2" --shape "$3" --dtype bf16 --mode fwd)
+    if [ "$MODE" = dry ]; then
+        step "ncu-$2" "$1" "$PY" -m tritongpt.bench.profile ncu "${args[@]}" --print-command --out "$CALL_OUT/ncu-$2"
+        step "kernel-$2" "$1" "$PY" -m tritongpt.bench.profile kernel --op "$2" --interpret
+        return
+    fi
+    step "ncu-$2" "$1" "$PY" -m tritongpt.bench.profile ncu "${args[@]}" --out "$CALL_OUT/ncu-$2"
+}
+
+call_profile() {
+    profile_step 180 native+compile
+    profile_step 240 triton+compile
+}
+call_ncu() {
+    ncu_step 120 layer_norm 16384x768
+    ncu_step 240 attention 16,12,1024,64
+}
 call_sanitize() {
     step small 60 env TRITONGPT_ATTENTION_AUTOTUNE=0 "$PY" -m tritongpt verify --small
     sanitizer_step 120 racecheck
@@ -222,7 +260,7 @@ env_report() {  # the `env` command, first step of every device command: carried
     if command -v nvidia-smi >/dev/null; then
         nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
     fi
-    "$PY" -c "import torch, triton, numpy; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__)"
+    "$PY" -c "import torch, triton, numpy; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__)" || exit 1
     date -u +%FT%TZ
 }
 
@@ -302,7 +340,7 @@ dry_run() {  # dry_run [CALL...]: every step of the calls on this CPU, small, th
     [ ${#calls[@]} -gt 0 ] || read -r -a calls <<<"$CALLS"
     check_calls "${calls[@]}"
     PY=$LOCAL_PY MODE=dry
-    export GPU_SESSION_DRY=1 TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES=""
+    export PYTHON=$LOCAL_PY GPU_SESSION_DRY=1 TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES=""
     if [ -z "${OUT:-}" ]; then
         OUT=$(mktemp -d "${TMPDIR:-/tmp}/gpu-session-dry.XXXXXX") || exit 2
         echo "gpu_session.sh: dry run into $OUT"

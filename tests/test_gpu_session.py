@@ -14,7 +14,7 @@ import pytest
 from tritongpt import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
-CALLS = "check headline kernels train-step train attention attention-d128 norms mlp sanitize".split()
+CALLS = "check headline kernels train-step train attention attention-d128 norms mlp sanitize profile ncu".split()
 FIRST_LEASE = {"check": 360, "headline": 360}  # both in one 15-minute lease, the machine's start included
 
 
@@ -53,6 +53,13 @@ def test_every_call_is_planned_within_its_limit_and_selects_cases():
     sanitize = r.stdout.split("call sanitize:")[1]
     assert "--tool racecheck --error-exitcode 1" in sanitize and "PYTORCH_NO_CUDA_MEMORY_CACHING=1" in sanitize
     assert sanitize.count("verify --small") == 3
+    profile = r.stdout.split("call profile:")[1].split("call ")[0]
+    for backend in ("native", "triton"):
+        assert f"step --backend {backend}+compile --config gpt2-124m --batch-size 16 --seq-len 1024" in profile
+        assert f"--out \\$OUT/profile/profile-{backend}" in profile
+    ncu = r.stdout.split("call ncu:")[1]
+    assert "ncu --op layer_norm --shape 16384x768 --dtype bf16 --mode fwd --out \\$OUT/ncu/ncu-layer_norm" in ncu
+    assert "ncu --op attention --shape 16\\,12\\,1024\\,64 --dtype bf16" in ncu
 
 
 def test_a_command_over_its_limit_is_refused_before_anything_runs(tmp_path):
