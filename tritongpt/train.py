@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import math
 import os
 import random
@@ -523,8 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         model_cfg, train_cfg, data_cfg = load_configs(args.config, args.set)
         if args.out:
             train_cfg = dataclasses.replace(train_cfg, out_dir=args.out)
-        trainer = Trainer(model_cfg, train_cfg, data_cfg, resume=args.resume)
-        code = trainer.fit()
+        code = Trainer(model_cfg, train_cfg, data_cfg, resume=args.resume).fit()
     except TrainingStopped as e:
         print(f"gpt train: error: {e}", file=sys.stderr)
         code = 1
@@ -538,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\ngpt train: interrupted (no checkpoint written for the unfinished step)", file=sys.stderr)
         code = 130
     if dist.is_initialized():
+        # The trainer (its DDP wrapper holds the process group) is in reference cycles: collect it first, so that
+        # the group and gloo's worker threads end here, not while the interpreter is torn down (an abort).
+        gc.collect()
         dist.destroy_process_group()
     return code
 
