@@ -1641,7 +1641,23 @@ BENCH_CASES = [
         check=lambda w, r: _assert_results(w / "b"),
     ),
     Case("bench --plan: the reader is gone: exit 141 quietly", ["bench", "--plan"], "quiet", process="gone"),
+    Case(
+        "verify --out: the reader is gone: exit 141 quietly, no lock or temporary file left behind",
+        ["verify", "--quick", "--ops", "gelu", "--variants", "none", "--out", "v"],
+        "quiet",
+        process="gone",
+        changes=("v/", "v/*"),
+        check=lambda w, r: _assert_checks_written(w / "v"),
+    ),
 ]
+
+
+def _assert_checks_written(out: Path) -> None:
+    """Only whole result files (the checks done before the output stopped, if any), never a lock or a temporary."""
+    left = sorted(p.name for p in out.iterdir())
+    assert set(left) <= {"verify.csv", "summary.md"}, left
+    if left:
+        assert (out / "verify.csv").read_text(encoding="utf-8").startswith("op,variant,check,"), left
 
 
 def _assert_results(out: Path) -> None:

@@ -708,6 +708,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.fuzz is not None:
                 return _fuzz(args, ops, dtype_names, device, results)
             return _grid(args, ops, dtypes, variants, quick, device, results, stop)
+    except BrokenPipeError:  # the reader went away: the dispatcher ends quietly (141); the files so far stay
+        raise
     except OSError as e:  # a folder lock held by another run (OutputError), a full disk, ...: one line
         print(f"gpt verify: error: {os_error_message(e)}", file=sys.stderr)
         return 2
