@@ -302,3 +302,19 @@ def test_ncu_report_refuses_what_is_not_an_ncu_table(tmp_path, capsys):
     assert "holds no profiled kernel" in capsys.readouterr().err
     assert main(["ncu-report", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "c")]) == 2
     assert "no such file" in _error_line(capsys)
+
+
+def test_the_module_keeps_gpt_s_output_rules(tmp_path):
+    """`python -m tritongpt.bench.profile` through `tritongpt.cli.run_guarded`: a full standard output is one line
+    and exit 2, a reader gone is exit 141 and nothing on standard error; the report is written either way."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "tritongpt.bench.profile", "ncu-report", str(DATA / "ncu_details_sample.csv")]
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([*cmd, "--out", str(tmp_path / "a")], stdout=full, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == f"{profile.PROG}: error: standard output: no space left on the device\n", r.stderr
+    p = subprocess.Popen([*cmd, "--out", str(tmp_path / "b")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader goes away before the first line
+    assert p.wait(timeout=60) == 141 and p.stderr.read() == b""
+    assert (tmp_path / "b" / "ncu.md").is_file()

@@ -19,6 +19,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 
 from tritongpt.files import GuardedStdout, StdoutError, silence_stdout
 
@@ -63,15 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     if name and name not in COMMANDS and name not in ("-h", "--help", "help"):
         print(f"gpt: error: unknown command {name!r}; commands: {', '.join(COMMANDS)} (gpt --help)", file=sys.stderr)
         return 2
-    prog = f"gpt {name}" if name in COMMANDS else "gpt"
+    if name in COMMANDS:
+        return run_guarded(f"gpt {name}", lambda: importlib.import_module(COMMANDS[name][0]).main(argv[1:]))
+    return run_guarded("gpt", lambda: print(usage()))
+
+
+def run_guarded(prog: str, command: Callable[[], int | None]) -> int:
+    """`command()`'s exit status under `main`'s rules for Ctrl-C, a reader gone and a standard output that
+    cannot take the output; also the entry of the `python -m tritongpt.bench.*` tools."""
     _reopen_closed_outputs()
     stdout = sys.stdout = GuardedStdout(sys.stdout)
     try:
-        if name in COMMANDS:
-            code = importlib.import_module(COMMANDS[name][0]).main(argv[1:]) or 0
-        else:
-            print(usage())
-            code = 0
+        code = command() or 0
         sys.stdout.flush()  # a reader gone by now, or a full disk, shows here rather than at exit
         if stdout.error is not None and code == 0:  # a command that went on after its output failed
             raise stdout.error

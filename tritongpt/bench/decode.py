@@ -19,6 +19,7 @@ clock around synchronized calls), replacing rows it re-measures.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -130,5 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # under `gpt`'s rules for Ctrl-C and standard output
+    from tritongpt.cli import run_guarded
+
+    sys.exit(run_guarded("python -m tritongpt.bench.decode", main))

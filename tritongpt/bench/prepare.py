@@ -432,5 +432,7 @@ def summary_header(args, info: dict, env, corpora: dict) -> list[str]:
     ]
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # under `gpt`'s rules for Ctrl-C and standard output
+    from tritongpt.cli import run_guarded
+
+    sys.exit(run_guarded("python -m tritongpt.bench.prepare", main))

@@ -758,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {os_error_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nprofile: interrupted", file=sys.stderr)
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
         return 130
     finally:
         if threads is not None:
@@ -767,5 +767,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(threads)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # under `gpt`'s rules for Ctrl-C and standard output
+    from tritongpt.cli import run_guarded
+
+    sys.exit(run_guarded("python -m tritongpt.bench.profile", main))
