@@ -25,8 +25,10 @@ like any other output, not the 0600 of `tempfile.mkstemp`.
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime
 import errno
+import io
 import json
 import math
 import os
@@ -165,6 +167,16 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def write_csv_atomic(path: str | Path, columns: list[str] | tuple[str, ...], rows) -> Path:
+    """`atomic_write` of a CSV: a header of `columns`, then `rows` (dicts, formatted by the caller; keys outside
+    `columns` are left out)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text_atomic(path, text.getvalue())
+
+
 def nearest_existing(path: str | Path) -> Path:
     """`path` itself if it exists, else its closest existing ancestor (where it would be created)."""
     p = Path(path).absolute()
@@ -254,6 +266,20 @@ def silence_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError, AttributeError):
         pass
+
+
+def new_folder_problem(out: Path, flag: str = "--out") -> str | None:
+    """Why `out` cannot take a run's files, or None: it must be a new folder or one holding nothing but a folder
+    lock (a run never mixes its files with another's, nor replaces them), in a place where files can be made."""
+    if out.exists() and not out.is_dir():
+        return f"{flag} {out} is a file, not a folder"
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
+        return f"{flag} {out} is not empty; choose a new or empty folder (nothing in it was changed)"
+    try:
+        check_output_dir(out, flag)
+    except OutputError as e:
+        return str(e)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------

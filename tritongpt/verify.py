@@ -59,9 +59,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import importlib
-import io
 import json
 import math
 import os
@@ -76,6 +74,7 @@ from typing import Any
 import torch
 
 from tritongpt.cli import positive
+from tritongpt.files import new_folder_problem, write_csv_atomic, write_text_atomic
 from tritongpt.kernels import IMPLEMENTATIONS, OPS
 
 OUTPUT_FACTOR = 2.0  # kernel error <= 2x the same-precision reference's error, for outputs
@@ -484,15 +483,8 @@ class Results:
     def write(self, status: str = "running") -> None:
         if self.out is None:
             return
-        from tritongpt.files import atomic_write, write_text_atomic
-
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
         env = {"gpu": self.env.gpu, "torch": self.env.torch, "triton": self.env.triton, "date": self.env.date}
-        for r in self.rows:
-            writer.writerow({**r, **env})
-        atomic_write(self.out / "verify.csv", lambda f: f.write(text.getvalue().encode("utf-8")))
+        write_csv_atomic(self.out / "verify.csv", CSV_COLUMNS, ({**r, **env} for r in self.rows))
         write_text_atomic(self.out / "summary.md", self.summary(status))
 
     def summary(self, status: str) -> str:
@@ -532,22 +524,6 @@ class Results:
                 lines.append(f"| {r['op']} | {r['variant']} | {r['check']} | {r['dtype']} | {r['shape']} | "
                              f"{r['max_err']} | {r['bound']} | {note} |")  # fmt: skip
         return "\n".join(lines) + "\n"
-
-
-def out_problem(out: Path) -> str | None:
-    """Why `--out` cannot be written, or None: a file, a folder that is not empty (a run never mixes its rows
-    with another's, nor replaces them), a place where files cannot be created."""
-    from tritongpt.files import LOCK_NAME, OutputError, check_output_dir
-
-    if out.exists() and not out.is_dir():
-        return f"--out {out} is a file, not a folder"
-    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
-        return f"--out {out} is not empty; choose a new or empty folder (nothing in it was changed)"
-    try:
-        check_output_dir(out, "--out")
-    except OutputError as e:
-        return str(e)
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -660,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(variants, str):
             ap.error(variants)
     if args.out is not None:
-        problem = out_problem(args.out)
+        problem = new_folder_problem(args.out)
         if problem:
             print(f"gpt verify: error: {problem}", file=sys.stderr)
             return 2
@@ -697,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             if args.out is not None:
                 stack.enter_context(folder_lock(args.out, "gpt verify"))
-                problem = out_problem(args.out)  # another run may have written there since the first look
+                problem = new_folder_problem(args.out)  # another run may have written there since the first look
                 if problem:
                     print(f"gpt verify: error: {problem}", file=sys.stderr)
                     return 2

@@ -87,7 +87,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import os
 import re
 import shlex
@@ -99,7 +98,14 @@ from pathlib import Path
 
 from tritongpt.bench.cli import PROVIDERS, TRAIN_PROVIDERS  # name lists without a torch import
 from tritongpt.cli import positive
-from tritongpt.files import OutputError, check_output_dir, os_error_message, temp_name, write_text_atomic
+from tritongpt.files import (
+    OutputError,
+    new_folder_problem,
+    os_error_message,
+    temp_name,
+    write_csv_atomic,
+    write_text_atomic,
+)
 from tritongpt.kernels import OPS
 
 PROG = "python -m tritongpt.bench.profile"
@@ -137,24 +143,14 @@ def category(name: str) -> str:
 
 def new_out_dir(out: Path) -> Path:
     """Create `out` for a profile's files: it must be new or an empty folder (nothing else is touched)."""
-    if out.exists() and not out.is_dir():
-        raise ProfileError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        raise ProfileError(f"--out {out} is not empty; choose a new or empty folder (nothing in it was changed)")
+    problem = new_folder_problem(out)
+    if problem:
+        raise ProfileError(problem)
     try:
-        check_output_dir(out, "--out")
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ProfileError(os_error_message(e)) from None
     return out
-
-
-def _write_csv_atomic(path: Path, rows: list[dict], columns: list[str]) -> None:
-    text = io.StringIO(newline="")
-    w = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
-    w.writeheader()
-    w.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
-    write_text_atomic(path, text.getvalue())
 
 
 def _interpret(enabled: bool) -> None:
@@ -378,7 +374,8 @@ def profile_step(args, argv: list[str]) -> int:
     events = prof.events()
     meta["step_ms"] = step_ms_of(events, args.steps)
     rows = [{**r, **meta} for r in step_rows(events, args.steps, meta["step_ms"])]
-    _write_csv_atomic(out / "ops.csv", rows, OPS_COLUMNS)
+    formatted = ({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+    write_csv_atomic(out / "ops.csv", OPS_COLUMNS, formatted)
     write_text_atomic(out / "ops.md", ops_markdown(rows, meta, cuda, args.top))
     if args.trace:
         tmp = temp_name(out / "trace.json")

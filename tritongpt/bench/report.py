@@ -19,14 +19,13 @@ the repository.
 from __future__ import annotations
 
 import csv
-import io
 import math
 import re
 from collections import defaultdict
 from pathlib import Path
 
 from tritongpt.bench import anchors
-from tritongpt.files import atomic_write, write_text_atomic
+from tritongpt.files import atomic_write, write_csv_atomic, write_text_atomic
 from tritongpt.kernels import OPS
 
 COLUMNS = ("op", "provider", "mode", "shape", "dtype", "method", "metric", "value", "gpu", "torch", "triton", "date")
@@ -115,12 +114,7 @@ def write_csv(rows: list[dict], path: Path, merge: bool = True) -> list[dict]:
     new_keys = {tuple(r[k] for k in KEY) for r in rows}
     merged = [r for r in old if tuple(r[k] for k in KEY) not in new_keys] + rows
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = io.StringIO(newline="")
-    w = csv.DictWriter(text, fieldnames=COLUMNS)
-    w.writeheader()
-    for r in merged:
-        w.writerow({k: (f"{r[k]:.6g}" if k == "value" else r[k]) for k in COLUMNS})
-    atomic_write(path, lambda f: f.write(text.getvalue().encode("utf-8")))
+    write_csv_atomic(path, COLUMNS, ({k: (f"{r[k]:.6g}" if k == "value" else r[k]) for k in COLUMNS} for r in merged))
     return merged
 
 
